@@ -1,0 +1,287 @@
+"""Evaluate a model on held-out code of the repository, under the decoding strop serves with.
+
+Metrics: exact match and edit similarity of the predicted line (next-line and single-line FIM items)
+or block (FIM block items), plus perplexity of the held-out targets. The serving temperature T_eval
+(with top-k/top-p) is tuned on the validation slice only, then the test slice is scored once.
+A candidate is promoted only when it beats the model in service by a margin and no guard metric
+regresses (see `gate`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from server import context as ctxmod
+from server import postprocess
+from server.completer import _block_done
+from server.engine import Engine, Job, Sampling, tokenize_pieces
+from server.models import ResolvedModel
+
+from .records import EvalItem
+from .sample import _seed
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    t_eval_grid: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
+    top_k: int = 20
+    top_p: float = 0.95
+    budget_tokens: int = 1024
+    max_new_tokens: int = 64
+    max_new_tokens_line: int = 32
+    time_cap_ms: int = 10_000
+    n_ctx: int = 2048
+    seed: int = 1234
+    margin: float = 0.005  # candidate edit similarity must exceed the baseline's by this much
+    guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match
+    guard_perplexity_rise: float = 0.10  # largest tolerated relative rise in held-out perplexity
+    perplexity: bool = True
+
+
+def levenshtein(a: str, b: str) -> int:
+    # Hand-written: the standard library has no edit distance (difflib's ratio is a different measure).
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(pred: str, target: str) -> float:
+    if not pred and not target:
+        return 1.0
+    return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
+
+
+def _comparable(item: EvalItem, prediction: str) -> tuple[str, str]:
+    """What is compared: the first line for line items, the whole block for block items."""
+    if item.kind == "fim_block":
+        return prediction.strip(), item.target.strip()
+    return prediction.split("\n", 1)[0].strip() if prediction.strip("\n") else "", item.target.split("\n", 1)[0].strip()
+
+
+@dataclass
+class Scores:
+    n: int = 0
+    exact_match: float = 0.0
+    edit_similarity: float = 0.0
+    perplexity: float | None = None
+    by_kind: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Evaluator:
+    """One loaded model; predicts and scores held-out items exactly as `strop serve` would."""
+
+    def __init__(self, model_path: Path, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+        self.path = Path(model_path)
+        self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=os.cpu_count() or 1, n_gpu_layers=-1)
+        self.engine.load(ResolvedModel(self.path, self.path.stem, self.path.stem, "flag"))
+        self.model = self.engine.model
+        self._ppl_llm = None
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._ppl_llm is not None:
+            self._ppl_llm.close()
+
+    def _context(self, item: EvalItem) -> ctxmod.Context:
+        return ctxmod.build(item.prefix + item.suffix, len(item.prefix), fmt=self.model.fim,
+                            count=self.engine.count_tokens, budget=ctxmod.Budget(total_tokens=self.cfg.budget_tokens),
+                            path=item.path, language=item.language)
+
+    def predict(self, item: EvalItem, temperature: float) -> str:
+        ctx = self._context(item)
+        multiline = ctx.multiline and item.kind != "fim_line"
+        job = Job(key="eval", pieces=ctx.pieces,
+                  max_tokens=self.cfg.max_new_tokens if multiline else self.cfg.max_new_tokens_line,
+                  single_line=not multiline, time_cap_ms=self.cfg.time_cap_ms,
+                  sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
+                                    seed=_seed(self.cfg.seed, item.id, 0)),
+                  should_stop=(lambda text, head=ctx.line_head: _block_done(text, head)) if multiline else None)
+        gen = self.engine.generate(self.model, job)
+        return postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=item.suffix,
+                                 multiline=multiline).text
+
+    def target_nll(self, item: EvalItem) -> tuple[float, int]:
+        """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""
+        import llama_cpp
+        import numpy as np
+
+        if self._ppl_llm is None:
+            self._ppl_llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.cfg.n_ctx, logits_all=True,
+                                            n_gpu_layers=-1, verbose=False)
+        llm = self._ppl_llm
+        ctx = self._context(item)
+        prompt = tokenize_pieces(self.model, ctx.pieces)
+        target = llm.tokenize(item.target.encode(), add_bos=False, special=False)[:64]
+        if not target:
+            return 0.0, 0
+        ids = (prompt + target)[-(self.cfg.n_ctx - 1):]
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        start = len(ids) - len(target)
+        rows = logits[start - 1: len(ids) - 1]
+        rows = rows - rows.max(axis=1, keepdims=True)
+        logp = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+        nll = -float(sum(logp[i, tok] for i, tok in enumerate(target)))
+        return nll, len(target)
+
+    def score(self, items: list[EvalItem], temperature: float, *, perplexity: bool = False,
+              progress: bool = False) -> Scores:
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        em = es = 0.0
+        nll = ntok = 0
+        kinds: dict[str, list[float]] = {}
+        for item in tqdm(items, desc=f"eval {self.path.name} T={temperature}", disable=not progress,
+                         dynamic_ncols=True):
+            pred, target = _comparable(item, self.predict(item, temperature))
+            hit, sim = float(pred == target), edit_similarity(pred, target)
+            em += hit
+            es += sim
+            k = kinds.setdefault(item.kind, [0, 0.0, 0.0])
+            k[0] += 1
+            k[1] += hit
+            k[2] += sim
+            if perplexity:
+                a, b = self.target_nll(item)
+                nll += a
+                ntok += b
+        n = max(1, len(items))
+        return Scores(
+            n=len(items), exact_match=em / n, edit_similarity=es / n,
+            perplexity=math.exp(nll / ntok) if perplexity and ntok else None,
+            by_kind={k: {"n": v[0], "exact_match": v[1] / v[0], "edit_similarity": v[2] / v[0]} for k, v in kinds.items()},
+            seconds=time.perf_counter() - t0)
+
+    def tune_temperature(self, validation: list[EvalItem], progress: bool = False) -> tuple[float, dict]:
+        """T_eval with the best validation edit similarity (ties go to the lower temperature)."""
+        curve = {}
+        for temp in self.cfg.t_eval_grid:
+            curve[temp] = self.score(validation, temp, progress=progress).edit_similarity
+        best = max(curve, key=lambda t_: (round(curve[t_], 6), -t_))
+        return best, curve
+
+
+@dataclass
+class Verdict:
+    promote: bool
+    reasons: list[str]
+    candidate: dict
+    baseline: dict
+    candidate_greedy: dict
+    baseline_greedy: dict
+    t_eval: float
+    t_eval_curve: dict
+    baseline_t: float
+    config: dict
+
+
+def gate(cand: Scores, base: Scores, cfg: EvalConfig) -> tuple[bool, list[str]]:
+    reasons = []
+    ok = True
+    gain = cand.edit_similarity - base.edit_similarity
+    if gain < cfg.margin:
+        ok = False
+        reasons.append(f"edit similarity {cand.edit_similarity:.4f} vs {base.edit_similarity:.4f}: "
+                       f"gain {gain:+.4f} is below the margin {cfg.margin}")
+    else:
+        reasons.append(f"edit similarity gain {gain:+.4f} ≥ margin {cfg.margin}")
+    if cand.exact_match < base.exact_match - cfg.guard_exact_match_drop:
+        ok = False
+        reasons.append(f"guard: exact match fell {base.exact_match:.4f} → {cand.exact_match:.4f}")
+    if cand.perplexity is not None and base.perplexity is not None \
+            and cand.perplexity > base.perplexity * (1 + cfg.guard_perplexity_rise):
+        ok = False
+        reasons.append(f"guard: held-out perplexity rose {base.perplexity:.3f} → {cand.perplexity:.3f}")
+    return ok, reasons
+
+
+def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: list[EvalItem],
+            cfg: EvalConfig = EvalConfig(), *, baseline_temperature: float = 0.0, progress: bool = True) -> Verdict:
+    """Tune the candidate's T_eval on validation; score both on test; decide."""
+    ev = Evaluator(candidate, cfg)
+    try:
+        t_eval, curve = ev.tune_temperature(validation, progress=progress)
+        cand = ev.score(test, t_eval, perplexity=cfg.perplexity, progress=progress)
+        cand_greedy = cand if t_eval == 0.0 else ev.score(test, 0.0, progress=progress)
+    finally:
+        ev.close()
+    eb = Evaluator(baseline, cfg)
+    try:
+        base = eb.score(test, baseline_temperature, perplexity=cfg.perplexity, progress=progress)
+        base_greedy = base if baseline_temperature == 0.0 else eb.score(test, 0.0, progress=progress)
+    finally:
+        eb.close()
+    ok, reasons = gate(cand, base, cfg)
+    return Verdict(ok, reasons, asdict(cand), asdict(base), asdict(cand_greedy), asdict(base_greedy), t_eval,
+                   {str(k): v for k, v in curve.items()}, baseline_temperature, asdict(cfg))
+
+
+def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
+    """report.json, report.txt and report.png (metrics side by side, and the T_eval curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = asdict(verdict)
+    (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+    c, b = verdict.candidate, verdict.baseline
+    lines = [
+        f"decision: {'PROMOTE' if verdict.promote else 'keep the model in service'}",
+        *[f"  - {r}" for r in verdict.reasons],
+        f"held-out test items: {c['n']}",
+        f"{'':28}{'candidate':>12}{'in service':>12}",
+        f"{'T_eval (tuned on validation)':28}{verdict.t_eval:>12}{verdict.baseline_t:>12}",
+        f"{'exact match':28}{c['exact_match']:>12.4f}{b['exact_match']:>12.4f}",
+        f"{'edit similarity':28}{c['edit_similarity']:>12.4f}{b['edit_similarity']:>12.4f}",
+        f"{'exact match (greedy)':28}{verdict.candidate_greedy['exact_match']:>12.4f}"
+        f"{verdict.baseline_greedy['exact_match']:>12.4f}",
+        f"{'edit similarity (greedy)':28}{verdict.candidate_greedy['edit_similarity']:>12.4f}"
+        f"{verdict.baseline_greedy['edit_similarity']:>12.4f}",
+        f"{'perplexity':28}{_f(c['perplexity']):>12}{_f(b['perplexity']):>12}",
+        "validation edit similarity by T_eval: " + ", ".join(f"{k}: {v:.4f}" for k, v in verdict.t_eval_curve.items()),
+    ]
+    (out_dir / "report.txt").write_text("\n".join(lines) + "\n")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = ["exact match", "edit sim.", "EM greedy", "ES greedy"]
+    cv = [c["exact_match"], c["edit_similarity"], verdict.candidate_greedy["exact_match"],
+          verdict.candidate_greedy["edit_similarity"]]
+    bv = [b["exact_match"], b["edit_similarity"], verdict.baseline_greedy["exact_match"],
+          verdict.baseline_greedy["edit_similarity"]]
+    xs = range(len(names))
+    ax1.bar([x - 0.2 for x in xs], bv, 0.4, label="in service")
+    ax1.bar([x + 0.2 for x in xs], cv, 0.4, label="candidate")
+    ax1.set_xticks(list(xs), names)
+    ax1.set_ylim(0, 1)
+    ax1.legend()
+    ax1.set_title("held-out test slice")
+    temps = [float(k) for k in verdict.t_eval_curve]
+    ax2.plot(temps, list(verdict.t_eval_curve.values()), marker="o")
+    ax2.axvline(verdict.t_eval, linestyle="--", color="gray")
+    ax2.set_xlabel("T_eval")
+    ax2.set_ylabel("validation edit similarity")
+    ax2.set_title("candidate T_eval tuning")
+    fig.tight_layout()
+    fig.savefig(out_dir / "report.png", dpi=100)
+    plt.close(fig)
+    return [out_dir / "report.json", out_dir / "report.txt", out_dir / "report.png"]
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,147 @@
+"""Sample the model in service's own completions on harvested prompts (simple self-distillation).
+
+Raised temperature with top-k/top-p truncation (applied temperature → top-k → top-p, as in the SSD
+paper), N samples per prompt, no correctness filter: only degenerate samples (empty, whitespace,
+repetition loops) are dropped, and counted by reason. Prompts are laid out and decoded exactly as
+`strop serve` does (server.context + server.engine + server.postprocess), so the model learns the
+sequences it is served with. Samples are appended to a JSONL file as they are produced; a restarted
+run skips the (prompt, index) pairs already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from server import context as ctxmod
+from server import postprocess
+from server.completer import _block_done
+from server.engine import Engine, Job, Sampling
+from server.models import ResolvedModel
+
+from .records import Prompt, append_jsonl, read_jsonl
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    # SSD's headline setting (Qwen3-instruct): T_train 1.6, top-k 20, top-p 0.8; the paper used
+    # 0.8/20/0.8 for Llama-3.1-8B. No min-p, no repetition penalty.
+    temperature: float = 1.6
+    top_k: int = 20
+    top_p: float = 0.8
+    n_per_prompt: int = 1
+    max_new_tokens: int = 64
+    max_new_tokens_line: int = 32
+    time_cap_ms: int = 10_000
+    budget_tokens: int = 1024
+    seed: int = 0
+    n_ctx: int = 2048
+    n_threads: int = 0  # 0: all cores
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_id: str
+    index: int
+    path: str
+    language: str
+    prefix: str  # the prompt's context windows as the server builds them
+    suffix: str
+    completion: str
+    weight: float
+    n_tokens: int
+    stop_reason: str
+    source: str = "repo"
+
+
+@dataclass
+class SampleStats:
+    prompts: int = 0
+    kept: int = 0
+    resumed: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["dropped"] = dict(self.dropped)
+        d["tokens_per_s"] = round(self.tokens_per_s, 2)
+        return d
+
+
+def degenerate(text: str) -> str | None:
+    """Why a sample is degenerate (to be dropped), or None. Only these are filtered: no verifier."""
+    if not text.strip():
+        return "empty"
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if len(lines) >= 3 and len(set(lines)) == 1:
+        return "repeated_line"
+    if len(text) >= 24:
+        for width in (1, 2, 3, 4):
+            unit = text[-width:]
+            if unit.strip() and text.endswith(unit * (24 // width)):
+                return "repetition_loop"
+    return None
+
+
+def _seed(base: int, prompt_id: str, index: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{base}:{prompt_id}:{index}".encode(), digest_size=4).digest(), "big")
+
+
+def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
+           progress: bool = True, engine: Engine | None = None) -> SampleStats:
+    """Append samples for every (prompt, index) not yet in `out_path`; return what happened."""
+    import os
+
+    from tqdm import tqdm
+
+    done = {(s.prompt_id, s.index) for s in read_jsonl(out_path, Sample)} if out_path.exists() else set()
+    todo = [(p, i) for p in prompts for i in range(cfg.n_per_prompt) if (p.id, i) not in done]
+    stats = SampleStats(prompts=len(prompts), resumed=len(done))
+    if not todo:
+        return stats
+    own_engine = engine is None
+    if engine is None:
+        engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
+        engine.load(ResolvedModel(Path(model_path), Path(model_path).stem, Path(model_path).stem, "flag"))
+    model = engine.model
+    budget = ctxmod.Budget(total_tokens=cfg.budget_tokens)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for prompt, index in todo:
+            ctx = ctxmod.build(prompt.prefix + prompt.suffix, len(prompt.prefix), fmt=model.fim,
+                               count=engine.count_tokens, budget=budget, path=prompt.path, language=prompt.language)
+            multiline = ctx.multiline
+            job = Job(key="sample", pieces=ctx.pieces,
+                      max_tokens=cfg.max_new_tokens if multiline else cfg.max_new_tokens_line,
+                      single_line=not multiline, time_cap_ms=cfg.time_cap_ms,
+                      sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)),
+                      should_stop=(lambda text, head=ctx.line_head: _block_done(text, head)) if multiline else None)
+            gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
+            stats.tokens += len(gen.tokens)
+            text = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail,
+                                     suffix=prompt.suffix, multiline=multiline).text
+            why = degenerate(text)
+            if why:
+                stats.dropped[why] += 1
+            else:
+                stats.kept += 1
+                append_jsonl(out_path, [Sample(prompt.id, index, prompt.path, prompt.language, ctx.prefix, ctx.suffix,
+                                               text, prompt.weight, len(gen.tokens), gen.stop_reason, prompt.source)])
+            stats.seconds = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{stats.tokens_per_s:.1f}", kept=stats.kept, dropped=sum(stats.dropped.values()))
+    finally:
+        bar.close()
+        if own_engine:
+            engine.close()
+    return stats

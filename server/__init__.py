@@ -1,0 +1,3 @@
+"""strop's serving side: LSP handlers → context/prompt → engine → post-processing → completion log."""
+
+__version__ = "0.1.0"

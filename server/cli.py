@@ -1,0 +1,176 @@
+"""`strop`: one console script, sub-commands for serving, inspecting the log, models and distillation.
+
+Every StropError becomes `strop: error: <message>` on stderr and exit code 1; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import StropError
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the LSP server on stdio (what editors start)")
+    p.add_argument("--model", type=Path, help="a .gguf file (default: the repository's promoted model, "
+                                                "else the embedded SmolLM2-135M)")
+    p.add_argument("--repo", type=Path, help="repository root (default: from the editor's workspace)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-file", type=Path, help="also write the server log here")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .config import ServeConfig
+    from .lsp import build_server
+
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]  # stdout carries LSP
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file))
+    logging.basicConfig(level=args.log_level, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model is not None and not args.model.is_file():
+        raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
+    cfg = ServeConfig(repo_root=args.repo.resolve() if args.repo else None).with_env()
+    server = build_server(cfg, explicit_model=args.model)
+    server.start_io()
+    return 0
+
+
+def _add_complete(sub) -> None:
+    p = sub.add_parser("complete", help="one completion at FILE:LINE:COL through the serving path")
+    p.add_argument("file", type=Path)
+    p.add_argument("--line", type=int, required=True, help="1-based line")
+    p.add_argument("--col", type=int, required=True, help="1-based column, in characters")
+    p.add_argument("--model", type=Path)
+    p.add_argument("--repo", type=Path)
+    p.add_argument("--json", action="store_true", help="print a JSON object with timings")
+    p.add_argument("--no-log", action="store_true", help="do not record this completion in the log")
+    p.set_defaults(func=cmd_complete)
+
+
+def cmd_complete(args) -> int:
+    from .completer import Completer, Request
+    from .completion_log import CompletionLog
+    from .config import ServeConfig, log_db_path
+    from .engine import Engine
+    from .lsp import LANGUAGE_BY_EXT
+    from .models import git_root, resolve
+
+    path = args.file.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StropError(f"{args.file}: no such file.") from None
+    except UnicodeDecodeError:
+        raise StropError(f"{args.file} is not UTF-8 text; strop completes source files.") from None
+    lines = text.split("\n")
+    if not 1 <= args.line <= len(lines):
+        raise StropError(f"--line {args.line} is outside {args.file} (1..{len(lines)}).")
+    if not 1 <= args.col <= len(lines[args.line - 1]) + 1:
+        raise StropError(f"--col {args.col} is outside line {args.line} (1..{len(lines[args.line - 1]) + 1}).")
+    offset = sum(len(line) + 1 for line in lines[: args.line - 1]) + args.col - 1
+    repo = (args.repo.resolve() if args.repo else None) or git_root(path.parent)
+    cfg = ServeConfig(repo_root=repo).with_env()
+    engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers)
+    resolved = resolve(args.model, repo)
+    engine.load(resolved)
+    clog = None if args.no_log else CompletionLog(log_db_path())
+    completer = Completer(engine, cfg, clog, repo=str(repo or ""), repo_name=repo.name if repo else "")
+    rel = str(path.relative_to(repo)) if repo and path.is_relative_to(repo) else path.name
+    req = Request(uri=path.as_uri(), path=rel, language=LANGUAGE_BY_EXT.get(path.suffix, "plaintext"),
+                  text=text, offset=offset, trigger="cli")
+    result = asyncio.run(completer.complete(req))
+    engine.close()
+    if args.json:
+        print(json.dumps({"id": result.id if result else None, "completion": result.insert_text if result else "",
+                          "latency_ms": round(result.latency_ms, 1) if result else None,
+                          "model": resolved.name, "model_version": resolved.version}))
+    elif result:
+        print(result.insert_text)
+    return 0
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="acceptance, retained characters and latency from the log")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--repo", type=Path, help="only this repository")
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_stats(args) -> int:
+    from . import stats
+    from .completion_log import CompletionLog
+    from .config import log_db_path
+
+    clog = CompletionLog(log_db_path())
+    rows = clog.rows("repo = ?", (str(args.repo.resolve()),)) if args.repo else clog.rows()
+    result = stats.compute(rows)
+    print(json.dumps(result, indent=2) if args.json else stats.render(result))
+    return 0
+
+
+def _add_log(sub) -> None:
+    p = sub.add_parser("log", help="recent completions, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_log)
+
+
+LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completion", "outcome",
+              "accepted_chars", "retained_chars", "latency_ms", "source")
+
+
+def cmd_log(args) -> int:
+    from .completion_log import CompletionLog
+    from .config import log_db_path
+
+    rows = [{k: r[k] for k in LOG_FIELDS} for r in CompletionLog(log_db_path()).recent(args.limit)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        first = r["completion"].split("\n", 1)[0][:60]
+        lat = f"{r['latency_ms']:.0f}ms" if r["latency_ms"] is not None else "-"
+        print(f"{r['id'][:8]}  {r['outcome']:9}  {lat:>7}  {r['path'][:30]:30}  {first!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strop", description="Local code completion that self-distils "
+                                     "a model for your repository.")
+    parser.add_argument("--version", action="version", version=f"strop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_complete(sub)
+    _add_stats(sub)
+    _add_log(sub)
+    from distill import cli as distill_cli
+    from distill import models_cli
+
+    models_cli.register(sub)
+    distill_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StropError as err:
+        print(f"strop: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("strop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Where strop keeps its state, and the serving defaults in one place.
+
+Precedence, written once: defaults < environment (STROP_*) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def strop_home() -> Path:
+    """STROP_HOME, else $XDG_DATA_HOME/strop, else ~/.local/share/strop (created owner-only)."""
+    env = os.environ.get("STROP_HOME")
+    if env:
+        home = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        home = Path(xdg) / "strop"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
+def log_db_path() -> Path:
+    return strop_home() / "completions.sqlite3"
+
+
+def registry_dir() -> Path:
+    return strop_home() / "registry"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Serving knobs. Units are in the names."""
+
+    model_path: Path | None = None
+    n_ctx: int = 4096
+    n_threads: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    n_gpu_layers: int = -1  # all layers on the GPU when llama.cpp was built with one; ignored on CPU
+    budget_tokens: int = 1536  # whole prompt
+    prefix_share: float = 0.6  # of the local (current file) budget, for text before the cursor
+    extra_share: float = 0.25  # of the whole budget, for snippets of other open documents
+    chunk_lines: int = 32  # prefix window start moves in steps of this many lines (keeps the KV cache)
+    max_new_tokens: int = 64
+    max_new_tokens_line: int = 32
+    time_cap_ms: int = 1500  # generation stops after this, keeping what it has
+    temperature: float = 0.0  # greedy unless the promoted model ships a tuned T_eval
+    top_k: int = 20
+    top_p: float = 0.95
+    max_line_chars: int = 20_000  # a longer current line gets an empty result, not a model call
+    max_document_chars: int = 2_000_000
+    retention_after_s: float = 120.0  # measure retention this long after an accept (or at save / N edits)
+    retention_after_edits: int = 50
+    registry_poll_s: float = 5.0
+    repo_root: Path | None = None
+
+    def with_env(self) -> "ServeConfig":
+        env = os.environ
+        changes: dict = {}
+        for name, cast in (
+            ("n_ctx", int), ("n_threads", int), ("n_gpu_layers", int), ("budget_tokens", int),
+            ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float),
+        ):
+            key = f"STROP_{name.upper()}"
+            if key in env:
+                changes[name] = cast(env[key])
+        return replace(self, **changes)

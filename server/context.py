@@ -1,0 +1,148 @@
+"""Assemble the prompt context for one cursor position, within a token budget.
+
+Pure: the caller passes the document texts and a token counter. The window starts are chosen so that
+consecutive keystrokes keep the token prefix (and so llama.cpp's KV cache) intact:
+- the prefix window starts on a line that is a multiple of `chunk_lines`, and only moves (by a whole
+  chunk) when the text before the cursor outgrows its budget;
+- other documents contribute chunks aligned the same way, placed first;
+- the typed part of the current line is laid out last (see server/fim.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .fim import FimFormat, Piece, Snippet, layout
+
+CountTokens = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class OtherDocument:
+    path: str  # workspace-relative
+    text: str
+    focus_line: int  # where the user last edited or looked
+
+
+@dataclass(frozen=True)
+class Budget:
+    total_tokens: int = 1536
+    prefix_share: float = 0.6  # of the local part
+    extra_share: float = 0.25  # of the total, for other documents
+    chunk_lines: int = 32
+    max_snippets: int = 3
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything needed to build, log and later rebuild one prompt."""
+
+    prefix: str  # the prefix window: text from an aligned line start up to the cursor
+    suffix: str  # the suffix window: text after the cursor up to whole lines within budget
+    snippets: tuple[Snippet, ...]
+    path: str
+    language: str
+    line_head: str  # typed part of the cursor's line
+    line_tail: str  # text after the cursor on its line
+    multiline: bool  # may the completion span several lines?
+    pieces: list[Piece] = field(compare=False)
+
+
+def _aligned_window_start(lines: Sequence[str], end: int, budget: int, chunk: int, count: CountTokens) -> int:
+    """Smallest chunk-aligned start s such that lines[s:end] fits the budget (approximately: counted
+    chunk by chunk so each chunk's count can be reused; the engine trims the exact prompt)."""
+    start = (end // chunk) * chunk
+    used = count("".join(lines[start:end]))
+    while start > 0:
+        cand = max(0, start - chunk)
+        cost = count("".join(lines[cand:start]))
+        if used + cost > budget:
+            break
+        used += cost
+        start = cand
+    return start
+
+
+def _suffix_window(text: str, budget: int, count: CountTokens) -> str:
+    """Whole lines of `text` from its start within the budget (the first line always)."""
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return ""
+    out, used = [lines[0]], count(lines[0])
+    for line in lines[1:]:
+        cost = count(line)
+        if used + cost > budget:
+            break
+        out.append(line)
+        used += cost
+    return "".join(out)
+
+
+def _snippet(doc: OtherDocument, budget: int, chunk: int, count: CountTokens) -> Snippet | None:
+    lines = doc.text.splitlines(keepends=True)
+    if not lines or budget <= 0:
+        return None
+    first = (min(max(doc.focus_line, 0), len(lines) - 1) // chunk) * chunk
+    picked: list[str] = []
+    used = 0
+    for line in lines[first:]:
+        cost = count(line)
+        if used + cost > budget:
+            break
+        picked.append(line)
+        used += cost
+    text = "".join(picked).rstrip("\n")
+    return Snippet(doc.path, text) if text.strip() else None
+
+
+def wants_multiline(line_head: str, line_tail: str) -> bool:
+    """Mid-line (code after the cursor) → one line; at the end of a line → a block may follow."""
+    return line_tail.strip() == ""
+
+
+def build(
+    text: str,
+    offset: int,
+    *,
+    fmt: FimFormat | None,
+    count: CountTokens,
+    budget: Budget = Budget(),
+    path: str = "",
+    language: str = "",
+    others: Sequence[OtherDocument] = (),
+    repo_name: str = "",
+) -> Context:
+    """The context for a cursor at `offset` (code points) in `text`."""
+    before, after = text[:offset], text[offset:]
+    cut = before.rfind("\n") + 1
+    line_head = before[cut:]
+    nl = after.find("\n")
+    line_tail = after if nl < 0 else after[:nl]
+
+    extra_budget = int(budget.total_tokens * budget.extra_share) if others else 0
+    local = budget.total_tokens - extra_budget
+    # Without FIM the suffix is unused, so the prefix takes the whole local budget.
+    prefix_budget = int(local * budget.prefix_share) if fmt else local
+    suffix_budget = local - prefix_budget if fmt else 0
+
+    head_lines = before[:cut].splitlines(keepends=True)
+    start = _aligned_window_start(head_lines, len(head_lines), max(prefix_budget - count(line_head), 0),
+                                  budget.chunk_lines, count)
+    prefix = "".join(head_lines[start:]) + line_head
+    suffix = _suffix_window(after, suffix_budget, count) if fmt else ""
+
+    snippets: list[Snippet] = []
+    if others and extra_budget > 0:
+        each = extra_budget // min(len(others), budget.max_snippets)
+        for doc in others[: budget.max_snippets]:
+            snip = _snippet(doc, each, budget.chunk_lines, count)
+            if snip:
+                snippets.append(snip)
+
+    pieces = layout(fmt, prefix, suffix, snippets=snippets, path=path, language=language, repo_name=repo_name)
+    return Context(
+        prefix=prefix, suffix=suffix, snippets=tuple(snippets), path=path, language=language,
+        line_head=line_head, line_tail=line_tail, multiline=wants_multiline(line_head, line_tail),
+        pieces=pieces,
+    )

@@ -1,0 +1,433 @@
+"""The LSP server: handlers register, then delegate to the Completer, the log and the retention tracker.
+
+Speaks `textDocument/inlineCompletion` (LSP 3.18) and `textDocument/completion`, plus strop's own
+notifications and commands (server/protocol.py). Positions arrive in the negotiated encoding (UTF-16
+by default) and are converted by pygls's position codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types as t
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from . import __version__, protocol
+from . import stats as statsmod
+from .completer import Completer, Request
+from .completion_log import CompletionLog
+from .config import ServeConfig, log_db_path
+from .context import OtherDocument
+from .engine import Engine
+from .errors import BadRequest, StropError
+from .models import ResolvedModel, git_root, resolve
+from .retention import RetentionTracker
+
+log = logging.getLogger(__name__)
+
+LANGUAGE_BY_EXT = {
+    ".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact",
+    ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
+    ".cs": "csharp", ".rb": "ruby", ".php": "php", ".lua": "lua", ".sh": "shellscript", ".kt": "kotlin",
+    ".swift": "swift", ".scala": "scala", ".sql": "sql", ".md": "markdown", ".json": "json", ".yaml": "yaml",
+    ".yml": "yaml", ".toml": "toml", ".html": "html", ".css": "css",
+}
+MAX_OTHER_DOCS = 3
+
+
+def _arg(params, key: str, default=None):
+    """Custom-method params arrive as plain dicts (or attribute objects from some pygls paths)."""
+    if params is None:
+        return default
+    if isinstance(params, dict):
+        return params.get(key, default)
+    return getattr(params, key, default)
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search over slice equality: memcmp speed, no per-character Python loop
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix_len(a: str, b: str, limit: int) -> int:
+    lo, hi = 0, min(len(a), len(b)) - limit
+    hi = max(hi, 0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class StropServer(LanguageServer):
+    def __init__(self, cfg: ServeConfig) -> None:
+        super().__init__("strop", __version__)
+        self.cfg = cfg
+        self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
+                             on_state=self._engine_state)
+        self.completion_log: CompletionLog | None = None
+        self.completer: Completer | None = None
+        self.retention = RetentionTracker(after_s=cfg.retention_after_s, after_changes=cfg.retention_after_edits)
+        self.repo_root: Path | None = cfg.repo_root
+        self.resolved: ResolvedModel | None = None
+        self.enabled = True
+        self.state = "starting"
+        self.message: str | None = None
+        self.shadow: dict[str, str] = {}  # uri → last text (for change spans, retention and close)
+        self.focus: dict[str, tuple[float, int]] = {}  # uri → (time, line) of the last edit
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._watch_task: asyncio.Task | None = None
+
+    # --- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        model = self.engine.model
+        return {
+            "state": "disabled" if not self.enabled else self.state,
+            "model": model.resolved.name if model else (self.resolved.name if self.resolved else None),
+            "modelVersion": model.resolved.version if model else None,
+            "modelPath": str(model.resolved.path) if model else None,
+            "fim": model.fim.name if model and model.fim else None,
+            "lastLatencyMs": round(self.completer.last_latency_ms, 1)
+            if self.completer and self.completer.last_latency_ms is not None else None,
+            "enabled": self.enabled,
+            "message": self.message,
+            "modelCalls": self.engine.model_calls,
+        }
+
+    def _engine_state(self, state: str, message: str | None) -> None:
+        """Called from the engine thread."""
+        if state == "error":
+            self.message = message
+        elif state == "idle" and self.state == "error" and self.engine.model is not None:
+            self.message = None
+        if self.engine.model is None and state != "error":
+            return
+        self.state = state
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._publish_status)
+
+    def _publish_status(self) -> None:
+        try:
+            self.protocol.notify(protocol.STATUS_CHANGED, self.status())
+        except Exception:  # no client attached yet / transport closed
+            log.debug("status not sent", exc_info=True)
+
+    def error_to_user(self, err: Exception) -> None:
+        self.state, self.message = "error", str(err)
+        log.error("%s", err)
+        try:
+            self.window_show_message(t.ShowMessageParams(t.MessageType.Error, f"strop: {err}"))
+        except Exception:
+            log.debug("showMessage not sent", exc_info=True)
+        self._publish_status()
+
+    # --- model --------------------------------------------------------------------------------
+    def start_model(self, explicit: Path | None) -> None:
+        try:
+            self.resolved = resolve(explicit, self.repo_root)
+        except StropError as err:
+            self.error_to_user(err)
+            return
+        self.state = "loading"
+
+        def done(ok: bool, error: str | None) -> None:
+            if not ok and self.loop:
+                self.loop.call_soon_threadsafe(self.error_to_user, StropError(error))
+
+        self.engine.load_async(self.resolved, done)
+
+    async def watch_registry(self, explicit: bool) -> None:
+        """Swap to a newly promoted model between requests (no restart, no failed in-flight request)."""
+        if explicit or self.repo_root is None:
+            return
+        from distill.registry import Registry, repo_key
+
+        registry, key = Registry(), repo_key(self.repo_root)
+        stamp = registry.promoted_stamp(key)
+        while True:
+            await asyncio.sleep(self.cfg.registry_poll_s)
+            try:
+                now = registry.promoted_stamp(key)
+                if now == stamp:
+                    continue
+                stamp = now
+                resolved = resolve(None, self.repo_root)
+                current = self.engine.model
+                if current is not None and current.resolved.version == resolved.version:
+                    continue
+                log.info("registry: swapping to %s", resolved.version)
+                self.resolved = resolved
+
+                def done(ok: bool, error: str | None, v=resolved.version) -> None:
+                    if not ok:
+                        log.error("registry: %s not swapped in: %s", v, error)
+
+                self.engine.load_async(resolved, done)
+            except Exception:  # a broken registry must not stop serving
+                log.exception("registry watch failed")
+
+    # --- documents ----------------------------------------------------------------------------
+    def relpath(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            return uri
+        path = Path(unquote(parsed.path))
+        if self.repo_root:
+            try:
+                return str(path.relative_to(self.repo_root))
+            except ValueError:
+                pass
+        return path.name
+
+    def language(self, uri: str, given: str | None) -> str:
+        if given:
+            return given
+        return LANGUAGE_BY_EXT.get(os.path.splitext(urlparse(uri).path)[1].lower(), "plaintext")
+
+    def note_change(self, uri: str, new: str) -> None:
+        old = self.shadow.get(uri)
+        self.shadow[uri] = new
+        if old is None or old is new:
+            return
+        start = _common_prefix_len(old, new)
+        tail = _common_suffix_len(old, new, start)
+        self.focus[uri] = (time.monotonic(), new.count("\n", 0, start))
+        self.retention.on_change(uri, start, len(old) - tail, len(new) - tail - start)
+
+    def others(self, uri: str) -> tuple[OtherDocument, ...]:
+        docs = []
+        for other_uri, doc in list(self.workspace.text_documents.items()):
+            if other_uri == uri:
+                continue
+            when, line = self.focus.get(other_uri, (0.0, 0))
+            docs.append((when, other_uri, OtherDocument(self.relpath(other_uri), doc.source, line)))
+        docs.sort(key=lambda d: (-d[0], d[1]))
+        return tuple(d[2] for d in docs[:MAX_OTHER_DOCS])
+
+    def measure_retention(self, uri: str | None = None, *, saved: bool = False, closing: bool = False) -> None:
+        if self.completion_log is None:
+            return
+        for tracked in self.retention.due(uri, saved=saved, closing=closing):
+            text = self.shadow.get(tracked.uri)
+            if text is None:
+                continue
+            kept = self.retention.measure(tracked, text)
+            try:
+                self.completion_log.mark_retention(tracked.id, kept)
+            except StropError as err:
+                log.error("%s", err)
+
+
+def _request_from(ls: StropServer, uri: str, position: t.Position, trigger: str) -> tuple[Request, object]:
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is None:
+        raise BadRequest(f"document {uri} is not open: send textDocument/didOpen first.")
+    text = doc.source
+    lines = doc.lines
+    if position.line < 0 or position.character < 0:
+        raise BadRequest(f"position {position.line}:{position.character} is negative.")
+    if position.line > len(lines) or (position.line == len(lines) and position.character > 0):
+        raise BadRequest(f"line {position.line} is outside the document ({len(lines)} lines).")
+    if position.line < len(lines):
+        # LSP: a character past the end of the line means the end of the line.
+        line = lines[position.line].rstrip("\r\n")
+        max_units = len(line.encode("utf-16-le")) // 2
+        if position.character > max_units:
+            position = t.Position(position.line, max_units)
+    offset = doc.offset_at_position(position)
+    others = ls.others(uri)
+    return Request(uri=uri, path=ls.relpath(uri), language=ls.language(uri, doc.language_id), text=text,
+                   offset=offset, others=others, trigger=trigger), position
+
+
+def _accept_command(cid: str) -> t.Command:
+    return t.Command(title="strop: accepted", command=protocol.CMD_ACCEPT, arguments=[{"id": cid}])
+
+
+def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> StropServer:
+    server = StropServer(cfg)
+
+    @server.feature(t.INITIALIZE)
+    def initialize(ls: StropServer, params: t.InitializeParams) -> None:
+        root = None
+        if params.workspace_folders:
+            root = params.workspace_folders[0].uri
+        elif params.root_uri:
+            root = params.root_uri
+        if ls.repo_root is None and root and urlparse(root).scheme == "file":
+            folder = Path(unquote(urlparse(root).path))
+            ls.repo_root = git_root(folder) or folder
+
+    @server.feature(t.INITIALIZED)
+    async def initialized(ls: StropServer, params: t.InitializedParams) -> None:
+        ls.loop = asyncio.get_running_loop()
+        try:
+            ls.completion_log = CompletionLog(log_db_path())
+        except StropError as err:
+            ls.error_to_user(err)  # serve without a log rather than not at all
+        repo = str(ls.repo_root) if ls.repo_root else ""
+        ls.completer = Completer(ls.engine, cfg, ls.completion_log, repo=repo,
+                                 repo_name=ls.repo_root.name if ls.repo_root else "")
+        ls.start_model(explicit_model)
+        ls._watch_task = asyncio.ensure_future(ls.watch_registry(explicit_model is not None))
+        asyncio.ensure_future(_retention_timer(ls))
+
+    @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: StropServer, params: t.DidOpenTextDocumentParams) -> None:
+        ls.shadow[params.text_document.uri] = params.text_document.text
+        ls.focus[params.text_document.uri] = (time.monotonic(), 0)
+
+    @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: StropServer, params: t.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        doc = ls.workspace.text_documents.get(uri)
+        if doc is not None:
+            ls.note_change(uri, doc.source)
+            ls.measure_retention(uri)
+
+    @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: StropServer, params: t.DidSaveTextDocumentParams) -> None:
+        ls.measure_retention(params.text_document.uri, saved=True)
+
+    @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: StropServer, params: t.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.measure_retention(uri, closing=True)
+        ls.shadow.pop(uri, None)
+        ls.focus.pop(uri, None)
+        if ls.completer:
+            ls.completer.cache.forget(uri)
+
+    @server.feature(t.TEXT_DOCUMENT_INLINE_COMPLETION, t.InlineCompletionOptions())
+    async def inline_completion(ls: StropServer, params: t.InlineCompletionParams):
+        if not ls.enabled or ls.completer is None:
+            return None
+        trigger = "invoked" if params.context.trigger_kind == t.InlineCompletionTriggerKind.Invoked else "automatic"
+        try:
+            req, pos = _request_from(ls, params.text_document.uri, params.position, trigger)
+            result = await ls.completer.complete(req)
+        except BadRequest as err:
+            raise JsonRpcInvalidParams(str(err)) from err
+        if result is None:
+            return t.InlineCompletionList(items=[])
+        item = t.InlineCompletionItem(insert_text=result.insert_text, range=t.Range(pos, pos),
+                                      command=_accept_command(result.id))
+        return t.InlineCompletionList(items=[item])
+
+    @server.feature(t.TEXT_DOCUMENT_COMPLETION, t.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: StropServer, params: t.CompletionParams):
+        if not ls.enabled or ls.completer is None:
+            return t.CompletionList(is_incomplete=True, items=[])
+        try:
+            req, pos = _request_from(ls, params.text_document.uri, params.position, "invoked")
+            result = await ls.completer.complete(req)
+        except BadRequest as err:
+            raise JsonRpcInvalidParams(str(err)) from err
+        if result is None:
+            return t.CompletionList(is_incomplete=True, items=[])
+        first = result.insert_text.split("\n", 1)[0]
+        label = (first.strip() or result.insert_text.strip().split("\n", 1)[0])[:60]
+        item = t.CompletionItem(
+            label=label or "…", kind=t.CompletionItemKind.Text, detail="strop",
+            documentation=t.MarkupContent(kind=t.MarkupKind.Markdown,
+                                          value=f"```{req.language}\n{result.insert_text}\n```"),
+            text_edit=t.TextEdit(range=t.Range(pos, pos), new_text=result.insert_text),
+            filter_text=req.text[req.text.rfind("\n", 0, req.offset) + 1: req.offset].lstrip() + result.insert_text,
+            sort_text="0", command=_accept_command(result.id),
+        )
+        return t.CompletionList(is_incomplete=True, items=[item])
+
+    @server.command(protocol.CMD_ACCEPT)
+    def accept(ls: StropServer, *args):
+        cid = _arg(args[0] if args else None, "id")
+        if not cid:
+            raise JsonRpcInvalidParams("strop.accept needs one argument {\"id\": <completion id>}.")
+        offered = ls.completer.shown.get(cid) if ls.completer else None
+        full = offered[1].text if offered else None
+        if ls.completion_log is not None:
+            try:
+                ls.completion_log.mark_outcome(cid, "accepted", len(full) if full is not None else None)
+            except StropError as err:
+                log.error("%s", err)
+        if offered:
+            req, shown = offered
+            text = ls.shadow.get(req.uri, "")
+            ls.retention.track(cid, req.uri, text, shown.text, len(shown.prefix))
+            ls.completer.cache.forget(req.uri)
+        return {"id": cid, "accepted": True}
+
+    @server.command(protocol.CMD_TOGGLE)
+    def toggle(ls: StropServer, *args):
+        wanted = _arg(args[0] if args else None, "enabled")
+        ls.enabled = (not ls.enabled) if wanted is None else bool(wanted)
+        ls._publish_status()
+        return {"enabled": ls.enabled}
+
+    @server.feature(protocol.DID_SHOW)
+    def did_show(ls: StropServer, params) -> None:
+        cid = _arg(params, "id")
+        if cid and ls.completion_log is not None:
+            ls.completion_log.mark_shown(cid)
+
+    @server.feature(protocol.DID_DISMISS)
+    def did_dismiss(ls: StropServer, params) -> None:
+        cid = _arg(params, "id")
+        if cid and ls.completion_log is not None:
+            ls.completion_log.mark_outcome(cid, "dismissed")
+
+    @server.feature(protocol.DID_PARTIALLY_ACCEPT)
+    def did_partially_accept(ls: StropServer, params) -> None:
+        cid, length = _arg(params, "id"), _arg(params, "acceptedLength")
+        if not cid or not isinstance(length, int) or length < 0:
+            log.warning("ignoring malformed %s: %r", protocol.DID_PARTIALLY_ACCEPT, params)
+            return
+        offered = ls.completer.shown.get(cid) if ls.completer else None
+        chars = length
+        if offered:  # acceptedLength is in UTF-16 code units; the log counts characters
+            text = offered[1].text
+            chars = len(text.encode("utf-16-le")[: 2 * length].decode("utf-16-le", "ignore"))
+            req = offered[0]
+            ls.retention.track(cid, req.uri, ls.shadow.get(req.uri, ""), text[:chars], len(offered[1].prefix))
+        if ls.completion_log is not None:
+            ls.completion_log.mark_outcome(cid, "partial", chars)
+
+    @server.feature(protocol.STATUS)
+    def status(ls: StropServer, params) -> dict:
+        return ls.status()
+
+    @server.feature(protocol.STATS)
+    def stats(ls: StropServer, params) -> dict:
+        if ls.completion_log is None:
+            return {}
+        return statsmod.compute(ls.completion_log.rows())
+
+    @server.feature(t.SHUTDOWN)
+    def shutdown(ls: StropServer, params) -> None:
+        for tracked in ls.retention.pending():  # measure what we have rather than lose it
+            ls.measure_retention(tracked.uri, closing=True)
+        ls.engine.close()
+
+    return server
+
+
+async def _retention_timer(ls: StropServer) -> None:
+    while True:
+        await asyncio.sleep(min(5.0, ls.cfg.retention_after_s))
+        try:
+            ls.measure_retention()
+        except Exception:
+            log.exception("retention check failed")

@@ -1,0 +1,106 @@
+"""Start the real `strop serve` as a subprocess and talk to it with pytest-lsp's real LSP client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from lsprotocol import types as t
+from pytest_lsp import LanguageClient, make_test_lsp_client
+
+CLIENT_CAPS = t.ClientCapabilities(
+    general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf16]),
+    text_document=t.TextDocumentClientCapabilities(
+        inline_completion=t.InlineCompletionClientCapabilities(dynamic_registration=False),
+        completion=t.CompletionClientCapabilities(),
+        synchronization=t.TextDocumentSyncClientCapabilities(did_save=True),
+    ),
+    workspace=t.WorkspaceClientCapabilities(execute_command=t.ExecuteCommandClientCapabilities()),
+)
+
+
+async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None) -> LanguageClient:
+    client = make_test_lsp_client()
+    server_env = dict(os.environ, STROP_HOME=str(home), **(env or {}))
+    await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
+                          *extra, env=server_env)
+    await client.initialize_session(t.InitializeParams(
+        capabilities=CLIENT_CAPS, root_uri=root.as_uri(),
+        workspace_folders=[t.WorkspaceFolder(uri=root.as_uri(), name=root.name)]))
+    await wait_ready(client)
+    return client
+
+
+async def status(client: LanguageClient) -> dict:
+    return _plain(await client.protocol.send_request_async("strop/status", {}))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return obj
+    return {k: getattr(obj, k) for k in dir(obj) if not k.startswith("_")}
+
+
+async def wait_ready(client: LanguageClient, timeout_s: float = 60) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        st = await status(client)
+        if st.get("modelVersion") or st.get("state") == "error":
+            return st
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the server did not load its model in time")
+
+
+def open_doc(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(t.DidOpenTextDocumentParams(
+        text_document=t.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+
+
+def change_full(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.text_document_did_change(t.DidChangeTextDocumentParams(
+        text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[t.TextDocumentContentChangeWholeDocument(text=text)]))
+
+
+def insert(client: LanguageClient, uri: str, line: int, char: int, text: str, version: int) -> None:
+    pos = t.Position(line, char)
+    client.text_document_did_change(t.DidChangeTextDocumentParams(
+        text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[t.TextDocumentContentChangePartial(range=t.Range(pos, pos), text=text)]))
+
+
+async def inline(client: LanguageClient, uri: str, line: int, char: int, invoked: bool = True):
+    kind = t.InlineCompletionTriggerKind.Invoked if invoked else t.InlineCompletionTriggerKind.Automatic
+    return await client.text_document_inline_completion_async(t.InlineCompletionParams(
+        text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line, char),
+        context=t.InlineCompletionContext(trigger_kind=kind)))
+
+
+def item_id(item: t.InlineCompletionItem) -> str:
+    arg = item.command.arguments[0]
+    return arg["id"] if isinstance(arg, dict) else arg.id
+
+
+def rows(home: Path) -> list[dict]:
+    con = sqlite3.connect(home / "completions.sqlite3")
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM completions ORDER BY created_at")]
+    finally:
+        con.close()
+
+
+async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,83 @@
+"""Prompt context: budgets, chunk-aligned windows, and the KV-cache prefix surviving keystrokes."""
+
+from server.context import Budget, OtherDocument, build
+from server.fim import KNOWN_FORMATS, Special, layout, render
+
+STARCODER = next(f for f in KNOWN_FORMATS if f.name == "starcoder")
+
+
+def count(text: str) -> int:  # a deterministic stand-in tokenizer: one token per 4 characters
+    return (len(text) + 3) // 4
+
+
+SOURCE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(200))
+
+
+def _prefix_tokens(ctx):
+    return render(ctx.pieces)
+
+
+def test_fim_layout_puts_typed_line_after_middle_marker():
+    pieces = layout(STARCODER, "import os\ndef main():\n    pri", "\n    return 0\n")
+    assert pieces == [Special("<fim_prefix>"), "import os\ndef main():\n", Special("<fim_suffix>"),
+                      "\n    return 0\n", Special("<fim_middle>"), "    pri"]
+
+
+def test_prefix_only_layout_is_the_prefix():
+    assert layout(None, "abc\ndef", "zzz") == ["abc\ndef"]
+
+
+def test_keystroke_keeps_the_prompt_prefix():
+    offset = SOURCE.index("def f150")
+    a = build(SOURCE, offset, fmt=STARCODER, count=count, budget=Budget(total_tokens=600))
+    typed = SOURCE[:offset] + "de" + SOURCE[offset:]
+    b = build(typed, offset + 2, fmt=STARCODER, count=count, budget=Budget(total_tokens=600))
+    # everything up to the middle marker is identical; only the typed tail differs
+    assert a.pieces[:-1] == b.pieces[:-1] or a.pieces == b.pieces[:-1]
+    assert render(b.pieces).endswith("<fim_middle>de")
+
+
+def test_windows_respect_budget_and_align_to_chunks():
+    offset = SOURCE.index("def f150")
+    budget = Budget(total_tokens=400, chunk_lines=32)
+    ctx = build(SOURCE, offset, fmt=STARCODER, count=count, budget=budget)
+    assert count(ctx.prefix) <= 400 * 0.6 + 1
+    assert count(ctx.suffix) <= 400 * 0.4 + 1
+    start_line = SOURCE[:offset].count("\n") - ctx.prefix.count("\n")
+    assert start_line % 32 == 0
+    assert SOURCE[:offset].endswith(ctx.prefix) and SOURCE[offset:].startswith(ctx.suffix)
+
+
+def test_new_line_does_not_move_window_until_budget_exceeded():
+    offset = SOURCE.index("def f100")
+    budget = Budget(total_tokens=2000)
+    a = build(SOURCE, offset, fmt=STARCODER, count=count, budget=budget)
+    text2 = SOURCE[:offset] + "x = 1\n" + SOURCE[offset:]
+    b = build(text2, offset + 6, fmt=STARCODER, count=count, budget=budget)
+    assert b.prefix.startswith(a.prefix[:200])
+
+
+def test_other_documents_come_first_and_are_bounded():
+    other = OtherDocument("lib/util.py", "def helper():\n    return 42\n" * 50, focus_line=10)
+    ctx = build(SOURCE, 100, fmt=STARCODER, count=count, budget=Budget(total_tokens=800), path="main.py",
+                others=[other])
+    text = render(ctx.pieces)
+    assert text.startswith("<file_sep>lib/util.py\n")
+    assert text.index("<file_sep>main.py\n") < text.index("<fim_prefix>")
+    assert sum(count(s.text) for s in ctx.snippets) <= 800 * 0.25
+
+
+def test_prefix_only_models_use_whole_budget_for_prefix_and_comment_headers():
+    other = OtherDocument("b.py", "x = 1\n", 0)
+    ctx = build(SOURCE, len(SOURCE) // 2, fmt=None, count=count, budget=Budget(total_tokens=500),
+                path="a.py", language="python", others=[other])
+    assert ctx.suffix == ""
+    assert render(ctx.pieces).startswith("# b.py\nx = 1\n# a.py\n")
+
+
+def test_multiline_decision():
+    text = "def f():\n    return g(x)\n"
+    mid = text.index("g(x)")
+    assert build(text, mid, fmt=STARCODER, count=count).multiline is False
+    end = text.index("\n") 
+    assert build(text, end, fmt=STARCODER, count=count).multiline is True

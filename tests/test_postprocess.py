@@ -1,0 +1,58 @@
+"""Output hygiene rules, each with a table of cases."""
+
+import pytest
+
+from server.postprocess import balance_brackets, block_scope, clean, first_line, trim_suffix_overlap
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("foo(x)\nbar()", "foo(x)"),
+    ("no newline", "no newline"),
+    ("\nstarts with newline", ""),
+])
+def test_first_line(text, expected):
+    assert first_line(text) == expected
+
+
+@pytest.mark.parametrize("line_head, text, expected", [
+    # cursor at the end of a block opener: the block is the deeper-indented lines
+    ("def f(n):", "\n    return n\n\nprint(f(1))", "\n    return n"),
+    ("def f(n):", "\n    a = 1\n\n    return a\nx = 2", "\n    a = 1\n\n    return a"),
+    # a statement line: continue at the same indentation, stop at a dedent
+    ("    x = ", "1\n    y = 2\nz = 3", "1\n    y = 2"),
+    # a brace block keeps its closing brace
+    ("if (x) {", "\n  go();\n}\nother();", "\n  go();\n}"),
+    # two blank lines end a block
+    ("    ", "a = 1\n\n\n    b = 2", "a = 1"),
+])
+def test_block_scope(line_head, text, expected):
+    assert block_scope(text, line_head) == expected
+
+
+@pytest.mark.parametrize("text, suffix, expected", [
+    ("bar)", ")", "bar"),  # the closer already follows the cursor
+    ("x, y):", "):\n    pass", "x, y"),
+    ("name", "e_x = 1", "name"),  # a one-letter identifier overlap is not punctuation: keep
+    ("a = 1\nreturn a", "\nreturn a\n", "a = 1"),  # repeats the next line of the file
+    ("value", "", "value"),
+])
+def test_trim_suffix_overlap(text, suffix, expected):
+    assert trim_suffix_overlap(text, suffix) == expected
+
+
+@pytest.mark.parametrize("text, head, tail, expected", [
+    ("a, b))", "foo(", "", "a, b)"),  # one opener on the line: only one closer allowed
+    ("a) + 1", "foo(", ")", "a"),  # the tail already closes it
+    ("x[0])", "print(", "", "x[0])"),
+    ("')' + s)", "f(", "", "')' + s)"),  # brackets inside strings do not count
+    ("}", "", "", ""),  # nothing opened on the line
+])
+def test_balance_brackets(text, head, tail, expected):
+    assert balance_brackets(text, head, tail) == expected
+
+
+def test_clean_applies_rules_in_order_and_reports_them():
+    out = clean("b)\nmore", line_head="foo(a, ", line_tail=")", suffix=")\nnext", multiline=False)
+    assert out.text == "b"
+    assert out.rules == ("first_line", "suffix_overlap")
+    assert clean("   \n", line_head="", line_tail="", suffix="", multiline=True).text == ""
