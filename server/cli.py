@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,11 +38,21 @@ def cmd_serve(args) -> int:
         handlers.append(logging.FileHandler(args.log_file))
     logging.basicConfig(level=args.log_level, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # pygls logs every message it sends at INFO
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     if args.model is not None and not args.model.is_file():
         raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
     cfg = ServeConfig(repo_root=args.repo.resolve() if args.repo else None).with_env()
     server = build_server(cfg, explicit_model=args.model)
-    server.start_io()
+    # The LSP stream gets its own descriptor, and fd 1 becomes a copy of stderr: llama-cpp-python
+    # points fd 1 at /dev/null while it loads a model (verbose=False), which would swallow any LSP
+    # message written meanwhile (a hot swap loads while serving), and C code that prints must not
+    # corrupt the stream either.
+    lsp_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    server.start_io(sys.stdin.buffer, lsp_out)
     return 0
 
 

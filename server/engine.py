@@ -71,6 +71,25 @@ class LoadedModel:
     add_bos: bool
     bos_id: int
     n_ctx: int
+    pieces: dict[int, bytes] = field(default_factory=dict)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (memoised; llama-cpp-python's wrapper returns a NUL-padded buffer)."""
+        got = self.pieces.get(token)
+        if got is None:
+            import ctypes
+
+            import llama_cpp
+
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
+                if n >= 0:
+                    break
+                size = -n
+            got = self.pieces[token] = buf.raw[:n]
+        return got
 
 
 def load_model(resolved: ResolvedModel, *, n_ctx: int, n_threads: int, n_gpu_layers: int) -> LoadedModel:
@@ -311,7 +330,7 @@ class Engine:
                     break
                 out.append(tok)
                 # One piece per token (detokenizing with the whole history would be O(prompt) per token).
-                text_bytes += llm._model.token_to_piece(tok, special=False)
+                text_bytes += model.piece(tok)
                 if tok == newline or b"\n" in text_bytes[-8:]:
                     if job.single_line:
                         stop_reason = "newline"

@@ -15,8 +15,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types as t
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from . import __version__, protocol
 from . import stats as statsmod
@@ -73,9 +74,25 @@ def _common_suffix_len(a: str, b: str, limit: int) -> int:
     return lo
 
 
+class StropProtocol(LanguageServerProtocol):
+    """pygls drops a request whose params fail to deserialize without answering it, which leaves
+    the client waiting forever; answer it with InvalidParams instead."""
+
+    def structure_message(self, data):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as err:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                cause = err.__cause__ or err
+                reply = JsonRpcInvalidParams(f"{data['method']}: params do not match the LSP schema "
+                                             f"({type(cause).__name__}: {str(cause).splitlines()[0][:200]})")
+                self._send_response(data["id"], None, reply.to_response_error())
+            raise
+
+
 class StropServer(LanguageServer):
     def __init__(self, cfg: ServeConfig) -> None:
-        super().__init__("strop", __version__)
+        super().__init__("strop", __version__, protocol_cls=StropProtocol)
         self.cfg = cfg
         self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
                              on_state=self._engine_state)

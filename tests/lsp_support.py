@@ -24,12 +24,14 @@ CLIENT_CAPS = t.ClientCapabilities(
 
 async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None) -> LanguageClient:
     client = make_test_lsp_client()
-    server_env = dict(os.environ, STROP_HOME=str(home), **(env or {}))
+    # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
+    server_env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000", **(env or {}))
     await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
                           *extra, env=server_env)
-    await client.initialize_session(t.InitializeParams(
+    result = await client.initialize_session(t.InitializeParams(
         capabilities=CLIENT_CAPS, root_uri=root.as_uri(),
         workspace_folders=[t.WorkspaceFolder(uri=root.as_uri(), name=root.name)]))
+    client.strop_capabilities = result.capabilities  # what the server announced
     await wait_ready(client)
     return client
 
@@ -104,3 +106,16 @@ async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.0
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval_s)
+
+
+def send_raw(client: LanguageClient, method: str, params: dict, msg_id: str):
+    """Send a request as raw JSON, bypassing the client's typed serialisation — what a buggy or
+    hostile client would put on the wire. Returns a future for the response."""
+    import json
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+    client.protocol._request_futures[msg_id] = fut
+    body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    client.protocol.writer.write(f"Content-Length: {len(body.encode())}\r\n\r\n{body}".encode())
+    return fut

@@ -9,8 +9,8 @@ import pytest_asyncio
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_support import (change_full, eventually, inline, insert, item_id, open_doc, rows, start,
-                               status)
+from tests.lsp_support import (change_full, eventually, inline, insert, item_id, open_doc, rows, send_raw,
+                               start, status)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -28,7 +28,7 @@ async def served(smollm_gguf, tmp_path_factory):
 
 async def test_capabilities_and_status(served):
     client, home, root = served
-    caps = client.server_capabilities
+    caps = client.strop_capabilities
     assert caps.inline_completion_provider
     assert caps.completion_provider is not None
     assert set(caps.execute_command_provider.commands) >= {"strop.accept", "strop.toggle"}
@@ -192,9 +192,9 @@ async def test_bad_positions_get_an_error_response(served, case):
               "negative": (uri, 0, 0)}[case]
     if case == "negative":
         # lsprotocol refuses to build a negative Position, so send raw JSON as a broken client would
-        fut = client.protocol.send_request("textDocument/inlineCompletion", {
+        fut = send_raw(client, "textDocument/inlineCompletion", {
             "textDocument": {"uri": uri}, "position": {"line": -1, "character": 0},
-            "context": {"triggerKind": 1}})
+            "context": {"triggerKind": 1}}, "negative-position")
         with pytest.raises(JsonRpcException):
             await asyncio.wait_for(asyncio.wrap_future(fut), 10)
     else:
@@ -208,10 +208,10 @@ async def test_malformed_params_do_not_kill_the_server(served):
     client, home, root = served
     uri = (root / "mal.py").as_uri()
     open_doc(client, uri, SOURCE)
-    fut = client.protocol.send_request("textDocument/inlineCompletion", {"textDocument": {"uri": uri}})
+    fut = send_raw(client, "textDocument/inlineCompletion", {"textDocument": {"uri": uri}}, "no-position")
     with pytest.raises(JsonRpcException):
         await asyncio.wait_for(asyncio.wrap_future(fut), 10)
-    fut = client.protocol.send_request("workspace/executeCommand", {"command": "strop.accept", "arguments": []})
+    fut = send_raw(client, "workspace/executeCommand", {"command": "strop.accept", "arguments": []}, "no-id")
     with pytest.raises(JsonRpcException):
         await asyncio.wait_for(asyncio.wrap_future(fut), 10)
     client.protocol.notify("strop/didPartiallyAcceptCompletion", {"id": 3, "acceptedLength": "x"})
