@@ -46,8 +46,7 @@ STAGES = ("split", "harvest", "sample", "train", "export", "evaluate", "register
 class CycleConfig:
     base_model: Path | None = None  # default: the model in service for the repository
     max_prompts: int = 2000
-    validation_fraction: float = 0.3
-    max_eval_items: int = 300
+    max_eval_items: int = 300  # validation + test; the split's validation_frac divides them
     quantization: str = "Q8_0"  # Q8_0 | Q4_K_M
     promote: bool = True  # False: register the candidate and report, but never promote
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -140,7 +139,7 @@ class Cycle:
 
     # --- the cycle --------------------------------------------------------------------------------
     def run(self, *, force: bool = False) -> CycleOutcome:
-        with CycleLock(self.root / "cycle.lock"):
+        with CycleLock.for_repo(self.key):
             stamp = repo_stamp(self.repo)
             last = self.root / "last_stamp.json"
             unfinished = any(self._state(d).get("stage") not in ("register", "failed")
@@ -174,9 +173,8 @@ class Cycle:
             t0 = time.perf_counter()
             _say(f"splitting {self.repo} (held-out evaluation data first)")
             split = split_repo(self.repo, cfg.split)
-            items = split.eval_items[: cfg.max_eval_items]
-            n_val = int(len(items) * cfg.validation_fraction)
-            val, test = _partition(items, n_val)
+            val = split.validation()[: int(cfg.max_eval_items * split.validation_frac)]
+            test = split.test()[: cfg.max_eval_items - len(val)]
             write_jsonl(d / "validation.jsonl", val)
             write_jsonl(d / "test.jsonl", test)
             _atomic_json(d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
@@ -222,7 +220,7 @@ class Cycle:
         if stage("export"):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from .export import export_gguf, roundtrip_check, validate_gguf
+            from .export import export_gguf, roundtrip_check
             from .quantize import quantize_gguf
 
             t0 = time.perf_counter()
@@ -233,13 +231,12 @@ class Cycle:
             _say("exporting the merged model to GGUF")
             export_gguf(model, tok, f16, dtype="f16", tokenizer_source_gguf=base_gguf,
                         metadata={"strop.parent": serving.version, "strop.cycle": d.name, "strop.repo": self.key})
-            samples = read_jsonl(d / "samples.jsonl", Sample)[:4]
-            check = roundtrip_check(model, tok, f16, [s.prefix[-400:] for s in samples] or ["def main():\n"])
+            probes = [s.prefix[-400:] for s in read_jsonl(d / "samples.jsonl", Sample) if s.prefix.strip()][:4]
+            check = roundtrip_check(model, tok, f16, probes or ["def main():\n    return "])
             _atomic_json(d / "export.json", dataclasses.asdict(check) if dataclasses.is_dataclass(check) else check)
             if not check.passed:
                 raise StropError(f"the exported GGUF disagrees with the PyTorch model ({check}); not promoting.")
             quantize_gguf(f16, cand_gguf, cfg.quantization)
-            validate_gguf(cand_gguf)
             f16.unlink(missing_ok=True)
             del model
             timed("export", t0)
@@ -274,10 +271,8 @@ class Cycle:
             "decoding": {"temperature": report["t_eval"], "top_k": cfg.eval.top_k, "top_p": cfg.eval.top_p},
             "decision": {"promote": report["promote"], "reasons": report["reasons"]},
         }
-        entry = self.registry.add_version(self.key, cand_gguf, manifest)
-        for name in ("report.json", "report.txt", "report.png"):
-            if (d / name).exists():
-                (Path(entry.path) / name).write_bytes((d / name).read_bytes())
+        reports = [d / n for n in ("report.json", "report.txt", "report.png") if (d / n).exists()]
+        entry = self.registry.add_version(self.key, cand_gguf, manifest, extra_files={p.name: p for p in reports})
         outcome.version = entry.version
         outcome.reasons = report["reasons"]
         if report["promote"] and cfg.promote:
@@ -292,13 +287,6 @@ class Cycle:
         self._done(d, "register", seconds=timings, version=entry.version, promoted=outcome.promoted)
         outcome.seconds_by_stage = timings
         return outcome
-
-
-def _partition(items: list[EvalItem], n_val: int) -> tuple[list[EvalItem], list[EvalItem]]:
-    """Deterministic validation/test partition by item id (the test slice is never used for tuning)."""
-    ranked = sorted(items, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())
-    val_ids = {it.id for it in ranked[:n_val]}
-    return [it for it in items if it.id in val_ids], [it for it in items if it.id not in val_ids]
 
 
 def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
@@ -385,8 +373,8 @@ def eval_main(args) -> int:
     repo = args.repo.resolve()
     against = args.against or Path(resolve(None, repo).path)
     split = _split(repo, cfg.split)
-    items = split.eval_items[: args.limit]
-    val, test = _partition(items, int(len(items) * cfg.validation_fraction))
+    val = split.validation()[: int(args.limit * split.validation_frac)]
+    test = split.test()[: args.limit - len(val)]
     verdict = compare(args.model, against, val, test, cfg.eval)
     out = strop_home() / "eval" / time.strftime("%Y%m%dT%H%M%S")
     write_report(verdict, out)

@@ -60,7 +60,8 @@ class ServeConfig:
         changes: dict = {}
         for name, cast in (
             ("n_ctx", int), ("n_threads", int), ("n_gpu_layers", int), ("budget_tokens", int),
-            ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float),
+            ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float), ("registry_poll_s", float),
+            ("retention_after_s", float),
         ):
             key = f"STROP_{name.upper()}"
             if key in env:
