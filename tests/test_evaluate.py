@@ -1,0 +1,36 @@
+import pytest
+
+from distill.evaluate import EvalConfig, Scores, _comparable, edit_similarity, gate, levenshtein
+from distill.records import EvalItem
+
+
+@pytest.mark.parametrize("a, b, d", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("kitten", "sitting", 3),
+                                     ("", "xyz", 3), ("return a + b", "return a - b", 1)])
+def test_levenshtein(a, b, d):
+    assert levenshtein(a, b) == d == levenshtein(b, a)
+
+
+def test_edit_similarity_bounds():
+    assert edit_similarity("same", "same") == 1.0
+    assert edit_similarity("", "") == 1.0
+    assert edit_similarity("abcd", "wxyz") == 0.0
+    assert 0.9 < edit_similarity("return a + b", "return a - b") < 1.0
+
+
+def test_line_items_compare_first_line_block_items_whole():
+    line = EvalItem("1", "next_line", "a.py", "python", "x = 1\n", "", "y = 2")
+    assert _comparable(line, "y = 2\nz = 3") == ("y = 2", "y = 2")
+    block = EvalItem("2", "fim_block", "a.py", "python", "def f():\n", "\n", "    a = 1\n    return a")
+    assert _comparable(block, "    a = 1\n    return a\n") == ("a = 1\n    return a", "a = 1\n    return a")
+
+
+@pytest.mark.parametrize("cand, base, promote, why", [
+    (Scores(10, 0.5, 0.80, 3.0), Scores(10, 0.5, 0.70, 3.0), True, "gain"),
+    (Scores(10, 0.5, 0.701, 3.0), Scores(10, 0.5, 0.70, 3.0), False, "below the margin"),
+    (Scores(10, 0.3, 0.80, 3.0), Scores(10, 0.5, 0.70, 3.0), False, "exact match fell"),
+    (Scores(10, 0.5, 0.80, 4.0), Scores(10, 0.5, 0.70, 3.0), False, "perplexity rose"),
+])
+def test_gate(cand, base, promote, why):
+    ok, reasons = gate(cand, base, EvalConfig())
+    assert ok is promote
+    assert any(why in r for r in reasons)
