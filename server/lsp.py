@@ -271,6 +271,16 @@ def _request_from(ls: StropServer, uri: str, position: t.Position, trigger: str)
                    offset=offset, others=others, trigger=trigger), position
 
 
+def _documentation(ls: StropServer, language: str, text: str) -> t.MarkupContent | str:
+    """The whole suggestion: a Markdown code block when the client renders Markdown, else plain."""
+    caps = ls.client_capabilities.text_document
+    item_caps = caps.completion.completion_item if caps and caps.completion else None
+    formats = (item_caps.documentation_format if item_caps else None) or []
+    if t.MarkupKind.Markdown in formats:
+        return t.MarkupContent(kind=t.MarkupKind.Markdown, value=f"```{language}\n{text}\n```")
+    return text
+
+
 def _accept_command(cid: str) -> t.Command:
     return t.Command(title="strop: accepted", command=protocol.CMD_ACCEPT, arguments=[{"id": cid}])
 
@@ -360,8 +370,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         label = (first.strip() or result.insert_text.strip().split("\n", 1)[0])[:60]
         item = t.CompletionItem(
             label=label or "…", kind=t.CompletionItemKind.Text, detail="strop",
-            documentation=t.MarkupContent(kind=t.MarkupKind.Markdown,
-                                          value=f"```{req.language}\n{result.insert_text}\n```"),
+            documentation=_documentation(ls, req.language, result.insert_text),
             text_edit=t.TextEdit(range=t.Range(pos, pos), new_text=result.insert_text),
             filter_text=req.text[req.text.rfind("\n", 0, req.offset) + 1: req.offset].lstrip() + result.insert_text,
             sort_text="0", command=_accept_command(result.id),

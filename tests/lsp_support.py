@@ -60,6 +60,13 @@ async def wait_ready(client: LanguageClient, timeout_s: float = 60) -> dict:
 def open_doc(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
     client.text_document_did_open(t.DidOpenTextDocumentParams(
         text_document=t.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+    client.__dict__.setdefault("strop_open_uris", []).append(uri)
+
+
+def close_all_docs(client: LanguageClient) -> None:
+    """Close what open_doc opened: open documents become repository context of later prompts."""
+    for uri in client.__dict__.pop("strop_open_uris", []):
+        client.text_document_did_close(t.DidCloseTextDocumentParams(text_document=t.TextDocumentIdentifier(uri=uri)))
 
 
 def change_full(client: LanguageClient, uri: str, text: str, version: int) -> None:

@@ -9,8 +9,8 @@ import pytest_asyncio
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_support import (change_full, eventually, inline, insert, item_id, open_doc, rows, send_raw,
-                               start, status)
+from tests.lsp_support import (change_full, close_all_docs, eventually, inline, insert, item_id, open_doc, rows,
+                               send_raw, start, status)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -24,6 +24,16 @@ async def served(smollm_gguf, tmp_path_factory):
     client = await start(smollm_gguf, home, root)
     yield client, home, root
     await client.shutdown_session()
+
+
+@pytest.fixture(autouse=True)
+def fresh_workspace(request):
+    """Each test starts with no documents open. Other open documents are placed in the prompt as
+    repository context, and copies of SOURCE (an unfinished `return`) teach SmolLM2 to leave the
+    line unfinished too."""
+    yield
+    if "served" in request.fixturenames:
+        close_all_docs(request.getfixturevalue("served")[0])
 
 
 async def test_capabilities_and_status(served):
@@ -44,7 +54,6 @@ async def test_prefix_only_completion_is_logged_with_its_context(served):
     result = await inline(client, uri, 2, len("    return"))
     (item,) = result.items
     assert item.insert_text.strip(), "SmolLM2 should continue a return statement"
-    assert "\n" not in item.insert_text.strip("\n") or True
     assert item.command.command == "strop.accept"
     assert item.range.start == t.Position(2, len("    return"))
     cid = item_id(item)
