@@ -1,16 +1,19 @@
 """Latency: strop's end-to-end LSP round trip versus raw llama-cpp-python on the exact same tokens.
 
-One run, three situations per cursor position (positions are line ends of a real source file):
-- cold: the document is new to the model (a unique first line, so no KV-cache prefix is shared);
-- warm: one keystroke later (a character that does not match the suggestion);
+One run, per cursor position (line ends in the second half of real source files of this
+repository, one file after another so that consecutive documents share no prompt prefix):
+- cold: the document is new to the model (nothing of its prompt is in the KV cache);
+- warm: a keystroke later (a character the suggestion did not predict), `--keystrokes` times;
 - typed-through: the user types the first character of the suggestion shown (goal: no model call).
 
-Phase 1 drives the real `strop serve` over stdio with a real LSP client. Phase 2, after the server
-has exited (the two never share the cores), replays the exact token sequences the server built
-(rebuilt with server.context/server.engine and checked against the token counts the server logged)
-through raw `Llama.generate`, producing the same number of tokens, in the same cold/warm order.
+Phase 1 drives the real `strop serve` over stdio with a real LSP client and times each request
+from send to answer. Phase 2, after the server has exited (the two never share the cores),
+rebuilds every prompt the server ran from the completion log (its stored prefix/suffix windows and
+snippets, laid out by server.fim and tokenized by server.engine; the token count is checked
+against what the server logged) and replays them through raw `Llama.generate` in the same order,
+so raw llama.cpp sees the same KV-cache reuse, producing the same number of tokens.
 
-    python benchmarks/bench_latency.py [--model PATH.gguf] [--positions 12] [--out benchmarks/results/latency.json]
+    python benchmarks/bench_latency.py [--model PATH.gguf] [--positions 12] [--keystrokes 3]
 """
 
 from __future__ import annotations
@@ -34,8 +37,13 @@ from lsprotocol import types as t  # noqa: E402
 from server import context as ctxmod  # noqa: E402
 from server.config import ServeConfig  # noqa: E402
 from server.engine import load_model, tokenize_pieces  # noqa: E402
+from server.fim import Snippet, layout  # noqa: E402
 from server.models import ResolvedModel, embedded_default  # noqa: E402
-from tests.lsp_support import change_full, inline, item_id, open_doc, rows, start, status  # noqa: E402
+from tests.lsp_support import change_full, close_all_docs, inline, item_id, open_doc, rows, start, status  # noqa: E402
+
+SOURCES = ("server/lsp.py", "server/engine.py", "distill/train.py", "distill/export.py", "distill/evaluate.py",
+           "distill/cycle.py", "distill/harvest.py", "distill/registry.py")
+KEYS = " _x#"  # keystrokes that (mostly) do not follow the suggestion
 
 
 def pct(values: list[float], q: int) -> float:
@@ -45,150 +53,180 @@ def pct(values: list[float], q: int) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_ms": round(pct(values, 50), 2), "p95_ms": round(pct(values, 95), 2),
-            "mean_ms": round(statistics.fmean(values), 2)} if values else {"n": 0}
+    return {"n": len(values), "p50_ms": round(pct(values, 50), 1), "p95_ms": round(pct(values, 95), 1),
+            "mean_ms": round(statistics.fmean(values), 1)} if values else {"n": 0}
 
 
-def positions(text: str, n: int) -> list[int]:
-    """Offsets at the end of non-blank lines, spread over the file, skipping the first 20 lines."""
-    lines = text.split("\n")
-    ends, off = [], 0
-    for i, line in enumerate(lines):
-        off += len(line) + 1
-        if i > 20 and line.strip() and not line.strip().startswith("#"):
-            ends.append(off - 1)
-    step = max(1, len(ends) // n)
-    return ends[::step][:n]
+def position_of(text: str, offset: int) -> tuple[int, int]:
+    """(line, UTF-16 column) of a code-point offset."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset), len(text[line_start:offset].encode("utf-16-le")) // 2
 
 
-async def server_phase(model: Path, source: str, offsets: list[int], home: Path, root: Path) -> list[dict]:
-    client = await start(model, home, root)
+def cursor_offsets(n: int, seed_line: int = 0) -> list[tuple[str, int]]:
+    """n (source text, offset) pairs: the end of a code line in the second half of each file in turn."""
     out = []
-    try:
-        for k, off in enumerate(offsets):
-            uri = (root / f"doc{k}.py").as_uri()
-            text = f"# benchmark document {k}: {time.time_ns()}\n" + source
-            off += len(text) - len(source)
-            line = text.count("\n", 0, off)
-            col = off - (text.rfind("\n", 0, off) + 1)
-            open_doc(client, uri, text)
-            rec = {"offset": off}
-            # cold
-            t0 = time.perf_counter()
-            res = await inline(client, uri, line, col)
-            rec["cold_ms"] = (time.perf_counter() - t0) * 1000
-            if not res.items:
-                continue
-            cid, sugg = item_id(res.items[0]), res.items[0].insert_text
-            # warm: one keystroke that does not follow the suggestion
-            key = "#" if not sugg.startswith("#") else "@"
-            text2 = text[:off] + key + text[off:]
-            change_full(client, uri, text2, 2)
-            t0 = time.perf_counter()
-            res2 = await inline(client, uri, line, col + 1)
-            rec["warm_ms"] = (time.perf_counter() - t0) * 1000
-            cid2 = item_id(res2.items[0]) if res2.items else None
-            # typed-through: type the first character of the warm suggestion
-            if res2.items and len(res2.items[0].insert_text) > 1:
-                s2 = res2.items[0].insert_text
-                text3 = text2[:off + 1] + s2[0] + text2[off + 1:]
-                calls = (await status(client))["modelCalls"]
-                change_full(client, uri, text3, 3)
-                t0 = time.perf_counter()
-                res3 = await inline(client, uri, line, col + 2)
-                rec["typed_ms"] = (time.perf_counter() - t0) * 1000
-                rec["typed_model_calls"] = (await status(client))["modelCalls"] - calls
-                rec["typed_ok"] = bool(res3.items) and res3.items[0].insert_text == s2[1:]
-            rec.update(cold_id=cid, warm_id=cid2, text=text, warm_text=text2, col=col, line=line)
-            out.append(rec)
-    finally:
-        await client.shutdown_session()
-    logged = {r["id"]: r for r in rows(home)}
-    for rec in out:
-        for kind in ("cold", "warm"):
-            row = logged.get(rec.get(f"{kind}_id"))
-            if row:
-                rec[f"{kind}_row"] = {k: row[k] for k in ("n_prompt_tokens", "n_reused_tokens", "n_gen_tokens",
-                                                          "prompt_ms", "gen_ms", "latency_ms")}
+    for k in range(n):
+        text = (ROOT / SOURCES[k % len(SOURCES)]).read_text()
+        lines = text.split("\n")
+        ends, off = [], 0
+        for i, line in enumerate(lines):
+            off += len(line) + 1
+            if i > len(lines) // 2 and len(line.strip()) > 8 and not line.strip().startswith(("#", '"', "'")):
+                ends.append(off - 1)
+        out.append((text, ends[(7 * (k // len(SOURCES)) + 3 * seed_line) % len(ends)]))
     return out
 
 
-def raw_phase(model: Path, records: list[dict], cfg: ServeConfig) -> None:
+async def server_phase(model: Path, cursors: list[tuple[str, int]], keystrokes: int, home: Path,
+                       root: Path) -> list[dict]:
+    """The requests in the order they ran: {situation, ms, id (the completion's log id), ...}."""
+    client = await start(model, home, root)
+    requests: list[dict] = []
+
+    async def ask(situation: str, uri: str, text: str, offset: int) -> t.InlineCompletionItem | None:
+        line, col = position_of(text, offset)
+        calls = (await status(client))["modelCalls"]
+        t0 = time.perf_counter()
+        result = await inline(client, uri, line, col)
+        ms = (time.perf_counter() - t0) * 1000
+        item = result.items[0] if result and result.items else None
+        requests.append({"situation": situation, "ms": ms, "id": item_id(item) if item else None,
+                         "model_calls": (await status(client))["modelCalls"] - calls,
+                         "document": text, "offset": offset, "path": uri.rsplit("/", 1)[1]})
+        return item
+
+    try:
+        for k, (source, offset) in enumerate(cursors):
+            uri = (root / f"doc{k}.py").as_uri()
+            text = source
+            open_doc(client, uri, text)
+            version = 1
+            item = await ask("cold", uri, text, offset)
+            for _ in range(keystrokes):
+                shown = item.insert_text if item else ""
+                key = next(c for c in KEYS if not shown.startswith(c))
+                text, offset, version = text[:offset] + key + text[offset:], offset + 1, version + 1
+                change_full(client, uri, text, version)
+                item = await ask("warm", uri, text, offset)
+            if item is not None and len(item.insert_text) > 1:
+                shown = item.insert_text
+                text, offset, version = text[:offset] + shown[0] + text[offset:], offset + 1, version + 1
+                change_full(client, uri, text, version)
+                got = await ask("typed", uri, text, offset)
+                requests[-1]["typed_ok"] = got is not None and got.insert_text == shown[1:]
+            close_all_docs(client)  # an open document would be repository context in the next prompt
+    finally:
+        await client.shutdown_session()
+    logged = {r["id"]: r for r in rows(home)}
+    for req in requests:
+        row = logged.get(req["id"]) if req["situation"] != "typed" else None
+        if row is not None:
+            req["row"] = row
+    return requests
+
+
+def raw_phase(model: Path, requests: list[dict], cfg: ServeConfig) -> None:
+    """Replay every model call of phase 1 through raw llama-cpp-python, in order."""
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,
                         n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers)
     llm = loaded.llm
-
-    def count(text: str) -> int:
-        return len(llm.tokenize(text.encode(), add_bos=False, special=False))
-
     budget = ctxmod.Budget(total_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
                            extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines)
 
-    def run(tokens: list[int], n_gen: int) -> float:
-        t0 = time.perf_counter()
-        produced = 0
-        gen = llm.generate(tokens, temp=0.0, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0, repeat_penalty=1.0)
-        for _ in gen:
-            produced += 1
-            if produced >= max(1, n_gen):
-                break
-        gen.close()
-        return (time.perf_counter() - t0) * 1000
+    def count(text: str) -> int:
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    for rec in records:
-        for kind, text, off in (("cold", rec["text"], rec["offset"]), ("warm", rec["warm_text"], rec["offset"] + 1)):
-            row = rec.get(f"{kind}_row")
-            if row is None:
+    try:
+        for req in requests:
+            row = req.get("row")
+            if row is not None:  # the prompt as the log recorded it
+                snippets = [Snippet(s["path"], s["text"]) for s in json.loads(row["snippets"])]
+                pieces = layout(loaded.fim, row["prefix"], row["suffix"], snippets=snippets, path=row["path"],
+                                language=row["language"])
+                tokens = tokenize_pieces(loaded, pieces)
+                req["tokens_match"] = len(tokens) == row["n_prompt_tokens"]
+                # strop stops after the token that ends the line/block, or on an end-of-generation
+                # token that it samples but does not keep: raw generates the same number of samples.
+                n = row["n_gen_tokens"] + (1 if row["stop_reason"] == "eog" else 0)
+            elif req["model_calls"] == 1:
+                # The model ran but its text was cleaned away, so nothing was logged: rebuild the
+                # prompt the way the server does (one document open, no snippets) and evaluate it,
+                # so that the KV cache the next request finds is the same. Not timed against strop.
+                ctx = ctxmod.build(req["document"], req["offset"], fmt=loaded.fim, count=count, budget=budget,
+                                   path=req["path"], language="python")
+                tokens, n = tokenize_pieces(loaded, ctx.pieces), 1
+                req["unlogged"] = True
+            else:
                 continue
-            ctx = ctxmod.build(text, off, fmt=loaded.fim, count=count, budget=budget,
-                               path=f"doc.py", language="python")
-            tokens = tokenize_pieces(loaded, ctx.pieces)
-            rec[f"{kind}_tokens_match"] = len(tokens) == row["n_prompt_tokens"]
-            if kind == "cold":
-                llm.reset()  # the server saw this document fresh, too
-            # the server generated n_gen_tokens plus the stop token it detected
-            rec[f"raw_{kind}_ms"] = run(tokens, row["n_gen_tokens"] + 1)
+            t0 = time.perf_counter()
+            gen = llm.generate(tokens, temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
+                               repeat_penalty=1.0, reset=True)
+            for produced, _ in enumerate(gen, start=1):
+                if produced >= max(1, n):
+                    break
+            gen.close()
+            req["raw_ms"] = (time.perf_counter() - t0) * 1000
+    finally:
+        llm.close()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=embedded_default())
-    ap.add_argument("--source", type=Path, default=ROOT / "server" / "lsp.py", help="file to complete in")
     ap.add_argument("--positions", type=int, default=12)
+    ap.add_argument("--keystrokes", type=int, default=3, help="warm keystrokes per position")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.json")
     args = ap.parse_args()
-    source = args.source.read_text()
-    offsets = positions(source, args.positions)
+    cursors = cursor_offsets(args.positions)
     with tempfile.TemporaryDirectory() as tmp:
         home, root = Path(tmp) / "home", Path(tmp) / "repo"
         root.mkdir()
-        records = asyncio.run(server_phase(args.model, source, offsets, home, root))
+        requests = asyncio.run(server_phase(args.model, cursors, args.keystrokes, home, root))
     cfg = ServeConfig().with_env()
-    raw_phase(args.model, records, cfg)
+    raw_phase(args.model, requests, cfg)
 
-    def col(key):
-        return [r[key] for r in records if key in r]
+    def of(situation: str, key: str) -> list:
+        return [r[key] for r in requests if r["situation"] == situation and key in r]
 
-    cold, warm, typed = col("cold_ms"), col("warm_ms"), col("typed_ms")
-    raw_cold, raw_warm = col("raw_cold_ms"), col("raw_warm_ms")
+    def paired(situation: str) -> dict:
+        pairs = [(r["ms"], r["raw_ms"]) for r in requests
+                 if r["situation"] == situation and "raw_ms" in r and not r.get("unlogged")]
+        ratios = [a / b for a, b in pairs]
+        return {"n": len(pairs), "p50_of_ratios": round(pct(ratios, 50), 3) if ratios else None,
+                "total_over_total": round(sum(a for a, _ in pairs) / sum(b for _, b in pairs), 3) if pairs else None}
+
+    cold, warm, typed = of("cold", "ms"), of("warm", "ms"), of("typed", "ms")
+    warm_rows = [r["row"] for r in requests if r["situation"] == "warm" and "row" in r]
     result = {
-        "model": str(args.model), "source": str(args.source.relative_to(ROOT)) if args.source.is_relative_to(ROOT)
-        else str(args.source), "positions": len(records),
+        "model": Path(args.model).name,
+        "sources": sorted({SOURCES[k % len(SOURCES)] for k in range(args.positions)}),
+        "positions": args.positions, "warm_keystrokes_per_position": args.keystrokes,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "n_threads": cfg.n_threads},
+        "config": {"budget_tokens": cfg.budget_tokens, "max_new_tokens": cfg.max_new_tokens,
+                   "max_new_tokens_line": cfg.max_new_tokens_line, "time_cap_ms": cfg.time_cap_ms},
         "strop_roundtrip": {"cold": summary(cold), "warm_keystroke": summary(warm), "typed_through": summary(typed)},
-        "raw_llama_cpp": {"cold": summary(raw_cold), "warm_keystroke": summary(raw_warm)},
-        "ratios": {
-            "roundtrip_over_raw_cold_p50": round(pct(cold, 50) / pct(raw_cold, 50), 3) if raw_cold else None,
-            "roundtrip_over_raw_warm_p50": round(pct(warm, 50) / pct(raw_warm, 50), 3) if raw_warm else None,
-            "warm_over_cold_p50": round(pct(warm, 50) / pct(cold, 50), 3) if cold and warm else None,
-        },
-        "typed_through_model_calls": sum(col("typed_model_calls")),
-        "typed_through_correct": f"{sum(col('typed_ok'))}/{len(typed)}",
-        "token_sequences_match_server": all(col("cold_tokens_match") + col("warm_tokens_match")),
+        "raw_llama_cpp": {s: summary([r["raw_ms"] for r in requests if r["situation"] == s.split("_")[0]
+                                      and "raw_ms" in r and not r.get("unlogged")])
+                          for s in ("cold", "warm_keystroke")},
+        "empty_answers": {s: sum(1 for r in requests if r["situation"] == s and r["id"] is None) for s in ("cold", "warm")},
+        "roundtrip_over_raw": {"cold": paired("cold"), "warm_keystroke": paired("warm")},
+        "warm_over_cold_p50": round(pct(warm, 50) / pct(cold, 50), 3) if cold and warm else None,
+        "typed_through_model_calls": sum(of("typed", "model_calls")),
+        "typed_through_correct": f"{sum(of('typed', 'typed_ok'))}/{len(typed)}",
+        "token_sequences_match_server": all(r.get("tokens_match", True) for r in requests),
+        "warm_prompt_tokens_reused": round(sum(r["n_reused_tokens"] for r in warm_rows)
+                                           / max(1, sum(r["n_prompt_tokens"] for r in warm_rows)), 4),
+        "mean_prompt_tokens": {s: round(statistics.fmean([r["row"]["n_prompt_tokens"] for r in requests
+                                                          if r["situation"] == s and "row" in r]), 1)
+                               for s in ("cold", "warm")},
+        "mean_generated_tokens": {s: round(statistics.fmean([r["row"]["n_gen_tokens"] for r in requests
+                                                             if r["situation"] == s and "row" in r]), 1)
+                                  for s in ("cold", "warm")},
+        "stop_reasons": {reason: sum(1 for r in requests if r.get("row", {}).get("stop_reason") == reason)
+                         for reason in ("eog", "newline", "block", "time", "max_tokens")},
         "goals": {"roundtrip_over_raw": "<= 1.05", "warm_over_cold": "<= 0.15", "typed_through_model_calls": 0},
-        "reused_tokens_warm_mean": round(statistics.fmean([r["warm_row"]["n_reused_tokens"] / r["warm_row"]["n_prompt_tokens"]
-                                                           for r in records if "warm_row" in r]), 3),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from server import context as ctxmod
-from server import postprocess
-from server.completer import _block_done
-from server.engine import Engine, Job, Sampling, tokenize_pieces
+from server.completer import clean_generation, make_job
+from server.engine import Engine, Sampling, tokenize_pieces
 from server.models import ResolvedModel
 
 from .records import EvalItem
@@ -103,15 +102,10 @@ class Evaluator:
     def predict(self, item: EvalItem, temperature: float) -> str:
         ctx = self._context(item)
         multiline = ctx.multiline and item.kind != "fim_line"
-        job = Job(key="eval", pieces=ctx.pieces,
-                  max_tokens=self.cfg.max_new_tokens if multiline else self.cfg.max_new_tokens_line,
-                  single_line=not multiline, time_cap_ms=self.cfg.time_cap_ms,
-                  sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
-                                    seed=_seed(self.cfg.seed, item.id, 0)),
-                  should_stop=(lambda text, head=ctx.line_head: _block_done(text, head)) if multiline else None)
+        job = make_job(ctx, key="eval", limits=self.cfg, multiline=multiline,
+                       sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p, seed=_seed(self.cfg.seed, item.id, 0)))
         gen = self.engine.generate(self.model, job)
-        return postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=item.suffix,
-                                 multiline=multiline).text
+        return clean_generation(gen, ctx, item.suffix, multiline).text
 
     def target_nll(self, item: EvalItem) -> tuple[float, int]:
         """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""

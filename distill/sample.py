@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from server import context as ctxmod
-from server import postprocess
-from server.completer import _block_done
-from server.engine import Engine, Job, Sampling
+from server.completer import clean_generation, make_job
+from server.engine import Engine, Sampling
 from server.models import ResolvedModel
 
 from .records import Prompt, append_jsonl, read_jsonl
@@ -121,15 +120,11 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
             ctx = ctxmod.build(prompt.prefix + prompt.suffix, len(prompt.prefix), fmt=model.fim,
                                count=engine.count_tokens, budget=budget, path=prompt.path, language=prompt.language)
             multiline = ctx.multiline
-            job = Job(key="sample", pieces=ctx.pieces,
-                      max_tokens=cfg.max_new_tokens if multiline else cfg.max_new_tokens_line,
-                      single_line=not multiline, time_cap_ms=cfg.time_cap_ms,
-                      sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)),
-                      should_stop=(lambda text, head=ctx.line_head: _block_done(text, head)) if multiline else None)
+            job = make_job(ctx, key="sample", limits=cfg,
+                           sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)))
             gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
             stats.tokens += len(gen.tokens)
-            text = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail,
-                                     suffix=prompt.suffix, multiline=multiline).text
+            text = clean_generation(gen, ctx, prompt.suffix, multiline).text
             why = degenerate(text)
             if why:
                 stats.dropped[why] += 1

@@ -12,13 +12,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import context as ctxmod
 from . import postprocess
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
 from .completion_log import CompletionLog, Record
 from .config import ServeConfig
-from .engine import Engine, Job, Sampling
+from .engine import Engine, Generation, Job, Sampling
 from .errors import BadRequest, StropError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,30 @@ def check_request(text: str, offset: int, cfg: ServeConfig) -> str | None:
     if line_len > cfg.max_line_chars:
         return f"the current line is longer than {cfg.max_line_chars} characters"
     return None
+
+
+class GenerationLimits(Protocol):
+    max_new_tokens: int  # multi-line completions
+    max_new_tokens_line: int  # single-line completions
+    time_cap_ms: int
+
+
+def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, sampling: Sampling,
+             multiline: bool | None = None) -> Job:
+    """The engine job for a context, as serving, sampling and evaluation all run it: one line when
+    the cursor is mid-line, else a block that stops where `postprocess.generation_done` says."""
+    multiline = ctx.multiline if multiline is None else multiline
+    return Job(
+        key=key, pieces=ctx.pieces, max_tokens=limits.max_new_tokens if multiline else limits.max_new_tokens_line,
+        single_line=not multiline, time_cap_ms=limits.time_cap_ms, sampling=sampling,
+        should_stop=(lambda text, head=ctx.line_head: postprocess.generation_done(text, head)) if multiline else None,
+    )
+
+
+def clean_generation(gen: Generation, ctx: ctxmod.Context, suffix: str, multiline: bool) -> postprocess.Cleaned:
+    """The model's text after output hygiene; `suffix` is all the text after the cursor."""
+    return postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
+                             multiline=multiline, truncated=gen.stop_reason in ("max_tokens", "time"))
 
 
 class Completer:
@@ -112,12 +137,7 @@ class Completer:
             return None
         ctx = self.build_context(req)
         multiline = ctx.multiline
-        job = Job(
-            key=req.uri, pieces=ctx.pieces,
-            max_tokens=self.cfg.max_new_tokens if multiline else self.cfg.max_new_tokens_line,
-            single_line=not multiline, time_cap_ms=self.cfg.time_cap_ms, sampling=self.sampling(),
-            should_stop=(lambda text, head=ctx.line_head: _block_done(text, head)) if multiline else None,
-        )
+        job = make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
         fut = self.engine.submit(job)
         try:
             gen = await asyncio.wrap_future(fut)
@@ -126,8 +146,7 @@ class Completer:
             raise
         if gen is None:
             return None
-        cleaned = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail,
-                                    suffix=suffix, multiline=multiline)
+        cleaned = clean_generation(gen, ctx, suffix, multiline)
         if not cleaned.text.strip():
             return None
         cid = uuid.uuid4().hex
@@ -142,7 +161,7 @@ class Completer:
                 completion=cleaned.text, multiline=multiline, rules=cleaned.rules, trigger=req.trigger,
                 latency_ms=latency, prompt_ms=gen.prompt_ms, gen_ms=gen.gen_ms,
                 n_prompt_tokens=gen.n_prompt_tokens, n_reused_tokens=gen.n_reused_tokens,
-                n_gen_tokens=len(gen.tokens), source="model"))
+                n_gen_tokens=len(gen.tokens), source="model", stop_reason=gen.stop_reason))
         shown = Shown(cid, prefix, suffix[:SUFFIX_PROBE_CHARS], cleaned.text, multiline)
         self.cache.remember(req.uri, shown)
         self.shown[cid] = (req, shown)
@@ -162,16 +181,3 @@ class Completer:
             log.error("%s", err)
 
 
-def _block_done(text: str, line_head: str) -> bool:
-    """During generation, at each newline: has the block the completion started in ended?
-
-    True once a complete line falls outside the block (the rule is `postprocess.block_scope`); the
-    extra line is generated but cut by post-processing.
-    """
-    lines = text.split("\n")[:-1]  # complete lines only
-    if len(lines) >= postprocess.MAX_BLOCK_LINES:
-        return True
-    while lines and not lines[-1].strip() and len(lines) > 1:
-        lines.pop()
-    expected = "\n".join(lines)
-    return postprocess.block_scope(expected, line_head) != expected

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import DiskFull, StropError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migrations: index i brings the schema from version i to i + 1.
 MIGRATIONS = [
@@ -54,6 +54,11 @@ MIGRATIONS = [
     CREATE INDEX completions_created ON completions(created_at);
     CREATE INDEX completions_repo_outcome ON completions(repo, outcome);
     """,
+    # 2: why generation stopped (eog | newline | block | time | max_tokens), for latency and
+    # hygiene analysis; NULL for completions logged before.
+    """
+    ALTER TABLE completions ADD COLUMN stop_reason TEXT;
+    """,
 ]
 
 OUTCOMES = ("pending", "shown", "accepted", "partial", "dismissed")
@@ -81,6 +86,7 @@ class Record:
     n_reused_tokens: int | None = None
     n_gen_tokens: int | None = None
     source: str = "model"
+    stop_reason: str | None = None
 
 
 def _translate(err: sqlite3.Error, path: Path) -> StropError:
@@ -145,12 +151,12 @@ class CompletionLog:
         self._write(
             """INSERT INTO completions (id, created_at, repo, path, language, model, model_version, trigger,
                prefix, suffix, snippets, completion, multiline, rules, latency_ms, prompt_ms, gen_ms,
-               n_prompt_tokens, n_reused_tokens, n_gen_tokens, source)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               n_prompt_tokens, n_reused_tokens, n_gen_tokens, source, stop_reason)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (rec.id, now or time.time(), rec.repo, rec.path, rec.language, rec.model, rec.model_version,
              rec.trigger, rec.prefix, rec.suffix, json.dumps(rec.snippets), rec.completion, int(rec.multiline),
              ",".join(rec.rules), rec.latency_ms, rec.prompt_ms, rec.gen_ms, rec.n_prompt_tokens,
-             rec.n_reused_tokens, rec.n_gen_tokens, rec.source),
+             rec.n_reused_tokens, rec.n_gen_tokens, rec.source, rec.stop_reason),
         )
 
     def mark_shown(self, cid: str) -> bool:

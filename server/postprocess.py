@@ -1,11 +1,12 @@
 """Output hygiene: named rules, each a pure function, applied in a fixed order by `clean()`.
 
-Order matters and is written once here: scope (line/block) → suffix overlap → bracket balance →
-trailing whitespace. Each rule takes the completion text and returns the text to keep.
+Order matters and is written once here: partial last line (when generation was cut short) →
+scope (line/block) → repetition → suffix overlap → bracket balance → trailing whitespace. Each rule takes the completion text and returns the text to keep.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -65,6 +66,62 @@ def block_scope(text: str, line_head: str) -> str:
     while len(keep) > 1 and not keep[-1].strip():
         keep.pop()
     return "\n".join(keep)
+
+
+# A unit of 6+ characters written three or more times in a row on one line: a decoding loop.
+_LOOP = re.compile(r"(.{6,}?)\1{2,}")
+MIN_REPEAT_CHARS = 8  # shorter repeated lines (`}`, `pass`, `break`, `else:`) are ordinary code
+
+
+def _loop_end(line: str) -> int | None:
+    """Where the first occurrence of a looping unit ends, or None. A unit needs a letter: rulers
+    such as `# ------------` and digit runs are not loops."""
+    pos = 0
+    while (m := _LOOP.search(line, pos)) is not None:
+        if any(c.isalpha() for c in m.group(1)):
+            return m.start() + len(m.group(1))
+        pos = m.start() + 1
+    return None
+
+
+def cut_repetition(text: str) -> str:
+    """Small models fall into loops; keep the first occurrence of what they repeat.
+
+    - On one line: a unit repeated three or more times in a row is kept once.
+    - Across lines: cut before the first line that repeats an earlier line of the completion
+      (whitespace aside, at least MIN_REPEAT_CHARS long), then drop lines left at the end that open
+      a block whose body was cut.
+    """
+    lines = text.split("\n")
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        end = _loop_end(line)
+        if end is not None:
+            lines = lines[:i] + [line[:end].rstrip()]
+            break
+        key = line.strip()
+        if len(key) >= MIN_REPEAT_CHARS and key in seen:
+            lines = lines[:i]
+            while len(lines) > 1 and lines[-1].rstrip().endswith(BLOCK_OPENER_ENDINGS):
+                lines.pop()
+            break
+        seen.add(key)
+    return "\n".join(lines)
+
+
+def generation_done(text: str, line_head: str) -> bool:
+    """During generation, at each newline: may generation stop here?
+
+    True once a complete line falls outside the block the completion started in (`block_scope`) or
+    repeats an earlier one (`cut_repetition`); that line is generated but cut by `clean`.
+    """
+    lines = text.split("\n")[:-1]  # complete lines only
+    if len(lines) >= MAX_BLOCK_LINES:
+        return True
+    while lines and not lines[-1].strip() and len(lines) > 1:
+        lines.pop()
+    expected = "\n".join(lines)
+    return block_scope(expected, line_head) != expected or cut_repetition(expected) != expected
 
 
 def trim_suffix_overlap(text: str, suffix: str) -> str:
@@ -129,7 +186,16 @@ class Cleaned:
     rules: tuple[str, ...]  # which rules changed the text, for the log and for debugging
 
 
-def clean(text: str, *, line_head: str, line_tail: str, suffix: str, multiline: bool) -> Cleaned:
+def drop_partial_line(text: str) -> str:
+    """A multi-line completion cut by the token or time cap ends mid-line: keep whole lines only
+    (the first line always, being the one the cursor is on)."""
+    nl = text.rfind("\n")
+    return text if nl < 0 else text[:nl]
+
+
+def clean(text: str, *, line_head: str, line_tail: str, suffix: str, multiline: bool,
+          truncated: bool = False) -> Cleaned:
+    """`truncated`: generation stopped at its token or time cap rather than where it chose to."""
     applied: list[str] = []
 
     def step(name: str, out: str) -> str:
@@ -138,8 +204,11 @@ def clean(text: str, *, line_head: str, line_tail: str, suffix: str, multiline: 
         return out
 
     current = text
+    if truncated and multiline:
+        current = step("partial_line", drop_partial_line(current))
     current = step("first_line" if not multiline else "block_scope",
                    first_line(current) if not multiline else block_scope(current, line_head))
+    current = step("repetition", cut_repetition(current))
     current = step("suffix_overlap", trim_suffix_overlap(current, suffix))
     current = step("brackets", balance_brackets(current, line_head, line_tail))
     current = step("trailing_ws", strip_trailing_whitespace(current) if current.strip() else "")

@@ -24,6 +24,12 @@ CLIENT_CAPS = t.ClientCapabilities(
 
 async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None) -> LanguageClient:
     client = make_test_lsp_client()
+    client.strop_statuses = []
+
+    @client.feature("strop/statusChanged")
+    def _status_changed(params) -> None:  # the server pushes its state; keep the history
+        client.strop_statuses.append(_plain(params))
+
     # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
     server_env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000", **(env or {}))
     await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),

@@ -39,6 +39,24 @@ def test_outcomes_and_accept_is_final(tmp_path):
     assert log.get("a")["retained_chars"] == 4
 
 
+def test_a_version_1_log_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+    from server.completion_log import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(MIGRATIONS[0])
+    con.execute("INSERT INTO completions (id, created_at, prefix, suffix, completion, outcome) "
+                "VALUES ('old', 1.0, 'p', 's', 'c', 'accepted')")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    log = CompletionLog(db)
+    assert log.get("old")["outcome"] == "accepted" and log.get("old")["stop_reason"] is None
+    log.add(rec("new", stop_reason="eog"))
+    assert log.get("new")["stop_reason"] == "eog"
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
     db = tmp_path / "l.db"
     CompletionLog(db).close()

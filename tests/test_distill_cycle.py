@@ -5,7 +5,6 @@ server swaps to the new model without failing a request. Plus resumption after k
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lsp_support import eventually, inline, open_doc, start, status
+from tests.lsp_support import inline, open_doc, start, status
 
 pytestmark = [pytest.mark.slow]
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from server.postprocess import balance_brackets, block_scope, clean, first_line, trim_suffix_overlap
+from server.postprocess import (balance_brackets, block_scope, clean, cut_repetition, drop_partial_line, first_line,
+                                generation_done, trim_suffix_overlap)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -56,3 +57,43 @@ def test_clean_applies_rules_in_order_and_reports_them():
     assert out.text == "b"
     assert out.rules == ("first_line", "suffix_overlap")
     assert clean("   \n", line_head="", line_tail="", suffix="", multiline=True).text == ""
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a line repeating an earlier one of the completion ends it
+    ("x = 1\n    text = text.strip()\n    text = text.strip()\n    text = text.strip()",
+     "x = 1\n    text = text.strip()"),
+    # a block opener whose body was the repeat goes too
+    ("a\nif cid == 1:\n    return items(x)\nif cid == 2:\n    return items(x)",
+     "a\nif cid == 1:\n    return items(x)"),
+    # short lines repeat in ordinary code
+    ("if a:\n    pass\nelse:\n    pass", "if a:\n    pass\nelse:\n    pass"),
+    ("f(a)\n}\n}", "f(a)\n}\n}"),
+    # a loop on one line keeps one unit
+    (" n_gpu_layers=100, n_gpu_layers=100, n_gpu_layers=100, n_gpu_", " n_gpu_layers=100,"),
+    # rulers and digit runs are not loops
+    ("# ----------------------------", "# ----------------------------"),
+    ("x = 0x00000000000000000000", "x = 0x00000000000000000000"),
+    ("return a + b", "return a + b"),
+])
+def test_cut_repetition(text, expected):
+    assert cut_repetition(text) == expected
+
+
+@pytest.mark.parametrize("text, head, done", [
+    ("\n    return n\n", "def f(n):", False),  # still inside the block
+    ("\n    return n\nprint(1)\n", "def f(n):", True),  # a line outside it
+    ("1\n    y = compute(1)\n    y = compute(1)\n", "    x = ", True),  # a repeated line
+    ("1\n    y = compute(1)", "    x = ", False),  # no complete line to judge yet
+])
+def test_generation_done(text, head, done):
+    assert generation_done(text, head) is done
+
+
+def test_a_truncated_block_keeps_whole_lines_only():
+    text = "\n    a = compute(1)\n    b = comp"
+    assert drop_partial_line(text) == "\n    a = compute(1)"
+    assert drop_partial_line("x = comp") == "x = comp"  # the cursor's own line always stays
+    out = clean(text, line_head="def f():", line_tail="", suffix="", multiline=True, truncated=True)
+    assert out.text == "\n    a = compute(1)" and out.rules[0] == "partial_line"
+    assert clean(text, line_head="def f():", line_tail="", suffix="", multiline=True).text == text
