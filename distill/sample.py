@@ -54,10 +54,14 @@ class Sample:
     n_tokens: int
     stop_reason: str
     source: str = "repo"
+    drop_reason: str = ""  # set on records of the dropped-samples file (see `dropped_path`)
 
 
 @dataclass
 class SampleStats:
+    """kept/dropped count every sample on disk (a resumed run's too); tokens and seconds only this
+    run's sampling (for its throughput)."""
+
     prompts: int = 0
     kept: int = 0
     resumed: int = 0
@@ -95,16 +99,27 @@ def _seed(base: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{base}:{prompt_id}:{index}".encode(), digest_size=4).digest(), "big")
 
 
+def dropped_path(out_path: Path) -> Path:
+    """Where the degenerate samples go (samples.jsonl → samples.dropped.jsonl): kept for auditing
+    what was dropped, and so that a resumed run does not sample them again."""
+    return out_path.with_name(out_path.stem + ".dropped" + out_path.suffix)
+
+
 def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
            progress: bool = True, engine: Engine | None = None) -> SampleStats:
-    """Append samples for every (prompt, index) not yet in `out_path`; return what happened."""
+    """Append samples for every (prompt, index) not yet in `out_path` (kept) or its dropped file;
+    return what happened."""
     import os
 
     from tqdm import tqdm
 
-    done = {(s.prompt_id, s.index) for s in read_jsonl(out_path, Sample)} if out_path.exists() else set()
+    drop_path = dropped_path(out_path)
+    kept = read_jsonl(out_path, Sample) if out_path.exists() else []
+    dropped = read_jsonl(drop_path, Sample) if drop_path.exists() else []
+    done = {(s.prompt_id, s.index) for s in kept + dropped}
     todo = [(p, i) for p in prompts for i in range(cfg.n_per_prompt) if (p.id, i) not in done]
-    stats = SampleStats(prompts=len(prompts), resumed=len(done))
+    stats = SampleStats(prompts=len(prompts), resumed=len(done), kept=len(kept),
+                        dropped=Counter(s.drop_reason for s in dropped))
     if not todo:
         return stats
     own_engine = engine is None
@@ -123,15 +138,21 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
             job = make_job(ctx, key="sample", limits=cfg,
                            sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)))
             gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
-            stats.tokens += len(gen.tokens)
-            text = clean_generation(gen, ctx, prompt.suffix, multiline).text
-            why = degenerate(text)
+            if gen is None:  # an empty prompt (the start of a file, for a model without BOS)
+                text, why, n_tokens, stop_reason = "", "empty_prompt", 0, ""
+            else:
+                text = clean_generation(gen, ctx, prompt.suffix, multiline).text
+                why, n_tokens, stop_reason = degenerate(text), len(gen.tokens), gen.stop_reason
+            stats.tokens += n_tokens
+            # Weight 1: an unverified own sample. (A logged prompt's weight belongs to the completion
+            # the user accepted there, which trains as its own example; see distill.cycle.)
+            record = Sample(prompt.id, index, prompt.path, prompt.language, ctx.prefix, ctx.suffix, text,
+                            1.0, n_tokens, stop_reason, prompt.source, why or "")
             if why:
                 stats.dropped[why] += 1
             else:
                 stats.kept += 1
-                append_jsonl(out_path, [Sample(prompt.id, index, prompt.path, prompt.language, ctx.prefix, ctx.suffix,
-                                               text, prompt.weight, len(gen.tokens), gen.stop_reason, prompt.source)])
+            append_jsonl(drop_path if why else out_path, [record])
             stats.seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(tok_s=f"{stats.tokens_per_s:.1f}", kept=stats.kept, dropped=sum(stats.dropped.values()))

@@ -296,8 +296,12 @@ class Engine:
                     self._on_state("idle", None)
 
     def generate(self, model: LoadedModel, job: Job) -> Generation | None:
+        """Run one job on `model` in the calling thread; None when the prompt is empty or the job
+        was aborted."""
         llm = model.llm
         tokens = tokenize_pieces(model, job.pieces, self._piece_cache)
+        if not tokens:  # e.g. the start of a file for a model that adds no BOS: nothing to continue
+            return None
         room = model.n_ctx - job.max_tokens - 1
         if len(tokens) > room:
             tokens = tokens[:1] + tokens[len(tokens) - room + 1:] if model.add_bos else tokens[-room:]

@@ -66,10 +66,24 @@ def _registry(home: Path, repo: Path):
     return Registry(home / "registry"), repo_key(repo)
 
 
+def _log_accepted_completion(home: Path, repo: Path) -> None:
+    """A completion a user accepted and kept in the repository, as `strop serve` logs it."""
+    from server.completion_log import CompletionLog, Record
+
+    log = CompletionLog(home / "completions.sqlite3")
+    log.add(Record(id="accepted-1", repo=str(repo.resolve()), path="scratch.py", language="python", model="tiny",
+                   model_version="v1", prefix="import os\n\ndef home():\n    return ", suffix="\n", snippets=[],
+                   completion="os.path.expanduser('~')", multiline=False))
+    log.mark_outcome("accepted-1", "accepted", len("os.path.expanduser('~')"))
+    log.mark_retention("accepted-1", len("os.path.expanduser('~')"))
+    log.close()
+
+
 def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     repo, home = setup
     reg, key = _registry(home, repo)
     base_version = reg.promoted(key).version
+    _log_accepted_completion(home, repo)
 
     async def scenario():
         client = await start(Path(tiny_fim_model.gguf_q8), home, repo, env={"STROP_REGISTRY_POLL_S": "0.5"})
@@ -115,6 +129,7 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     swapped, errors, answered, output = asyncio.run(scenario())
     entry = reg.promoted(key)
     assert entry.version != base_version, output
+    assert "and 1 accepted completions" in output, "the accepted completion trains as a verified sample"
     assert swapped == entry.version, "the running server swapped to the promoted model"
     assert errors == [] and answered > 0
     m = entry.manifest
@@ -127,6 +142,11 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     import llama_cpp
     llm = llama_cpp.Llama(model_path=str(entry.gguf), n_ctx=64, verbose=False)
     assert llama_cpp.llama_vocab_fim_pre(llm._model.vocab) >= 0
+    llm.close()
+    # and the LoRA alone, as GGUF, applies on the parent it was trained from
+    assert m["adapter"]["applies_to"] == base_version
+    llm = llama_cpp.Llama(model_path=str(reg.get(key, base_version).gguf), lora_path=str(Path(entry.path) / "adapter.gguf"),
+                          n_ctx=64, verbose=False)
     llm.close()
     # nothing changed since: the next run is skipped
     again = _distill(repo, home)

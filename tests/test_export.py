@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gguf
 import llama_cpp
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -319,3 +320,48 @@ def test_copy_tokenizer_roundtrip_on_smollm2(smollm_gguf: Path, tmp_path: Path) 
         exported.close()
     report = roundtrip_check(model, None, out, prompts, atol=0.05)
     assert all(report.top1_agree), report
+
+
+def test_lora_adapter_gguf_on_the_base_equals_the_merged_model(tiny_hf, tmp_path: Path) -> None:
+    """llama.cpp with base GGUF + exported adapter gives the logits of the merged model's GGUF."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from distill.export_adapter import export_adapter_gguf
+
+    model, tokenizer = tiny_hf
+    base_gguf = export_gguf(model, tokenizer, tmp_path / "base.gguf", dtype="f32")
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+        lora_dropout=0.0, task_type="CAUSAL_LM"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: lora_B starts at zero, which would prove nothing
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapter = export_adapter_gguf(tmp_path / "adapter", model.config, tmp_path / "adapter.gguf")
+    fields = _fields(adapter)
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 16.0
+    merged = peft_model.merge_and_unload().eval()
+    merged_gguf = export_gguf(merged, tokenizer, tmp_path / "merged.gguf", dtype="f32")
+
+    ids = tokenizer(CODE_PROMPTS[1], add_special_tokens=False)["input_ids"]
+
+    def last_logits(path: Path, **kw) -> np.ndarray:
+        llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, **kw)
+        try:
+            llm.eval(ids)
+            return np.asarray(llm.scores[len(ids) - 1])
+        finally:
+            llm.close()
+
+    base, with_adapter, merged_logits = (last_logits(base_gguf), last_logits(base_gguf, lora_path=str(adapter)),
+                                         last_logits(merged_gguf))
+    assert np.abs(base - merged_logits).max() > 0.05, "the adapter changes the model"
+    assert np.abs(with_adapter - merged_logits).max() < 1e-3 * (1 + np.abs(merged_logits).max())
+    with torch.no_grad():
+        torch_logits = merged(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.abs(with_adapter - torch_logits).max() < 1e-3 * (1 + np.abs(torch_logits).max())

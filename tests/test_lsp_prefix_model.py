@@ -236,3 +236,15 @@ async def test_enormous_line_and_binary_content_get_empty_results(served):
     binary = (root / "bin.py").as_uri()
     open_doc(client, binary, "abc\x00def\n")
     assert not (await inline(client, binary, 0, 3)).items
+
+
+async def test_start_of_an_empty_file_gets_an_empty_result(served):
+    """SmolLM2 adds no BOS, so an empty document is an empty prompt: nothing to continue, no error."""
+    client, home, root = served
+    uri = (root / "empty.py").as_uri()
+    open_doc(client, uri, "")
+    calls = (await status(client))["modelCalls"]
+    result = await inline(client, uri, 0, 0)
+    assert result is not None and not result.items
+    assert (await status(client))["modelCalls"] == calls
+    assert (await status(client))["state"] != "error"

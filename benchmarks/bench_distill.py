@@ -1,0 +1,257 @@
+"""Distillation: one real `strop distill` cycle on SmolLM2-135M and a real repository with history.
+
+    python benchmarks/bench_distill.py [--repo DIR] [--rev HEAD] [--model GGUF] [--prompts 192]
+
+The repository (default: this one) is cloned at `--rev` into a temporary directory, the model is
+imported and promoted there as the model in service, and `distill.cycle.Cycle` runs every stage
+(split → harvest → sample → train → export → evaluate → register) exactly as `strop distill --once`
+does. Then, in the same run:
+
+- sampling throughput: strop's sampler on the first `--throughput-prompts` prompts versus raw
+  `Llama.generate` on the same token sequences, with the same sampling settings and seeds, producing
+  the same number of tokens (goal ≥ 0.9×);
+- training throughput: strop's `train()` versus a plain torch+peft loop on the same batches of the
+  cycle's own samples (benchmarks/bench_train.py's comparison; goal ≥ 0.9×);
+- held-out quality: base versus distilled exact match and edit similarity on the temporal test
+  slice, each under greedy decoding and under its own T_eval tuned on the validation slice, plus a
+  control: the base re-quantised to the candidate's type without training (what export alone does).
+
+Results go to benchmarks/results/distill.json (and the cycle's report.txt/png beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def default_model() -> Path:
+    from server.models import embedded_default
+
+    return embedded_default()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def clone(repo: Path, rev: str, dest: Path) -> str:
+    """A private clone at `rev` (the working tree's uncommitted changes are not part of it)."""
+    subprocess.run(["git", "clone", "--quiet", "--no-local", str(repo), str(dest)], check=True)
+    commit = git(repo, "rev-parse", rev)
+    git(dest, "checkout", "--quiet", "--detach", commit)
+    return commit
+
+
+def sampling_throughput(model: Path, prompts: list, cfg, work: Path) -> dict:
+    """strop's sampler versus raw llama-cpp-python generation on the same prompts and tokens."""
+    from distill.sample import Sample, dropped_path, sample, _seed
+    from distill.records import read_jsonl
+    from server import context as ctxmod
+    from server.engine import load_model, tokenize_pieces
+    from server.models import ResolvedModel
+
+    out = work / "throughput-samples.jsonl"
+    stats = sample(model, prompts, out, cfg, progress=False)
+    done = read_jsonl(out, Sample) + (read_jsonl(dropped_path(out), Sample) if dropped_path(out).exists() else [])
+    n_tokens = {(s.prompt_id, s.index): s.n_tokens + (1 if s.stop_reason == "eog" else 0) for s in done}
+
+    loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,
+                        n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
+    llm = loaded.llm
+    budget = ctxmod.Budget(total_tokens=cfg.budget_tokens)
+
+    def count(text: str) -> int:
+        return len(llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
+
+    sequences = []
+    for p in prompts:
+        ctx = ctxmod.build(p.prefix + p.suffix, len(p.prefix), fmt=loaded.fim, count=count, budget=budget,
+                           path=p.path, language=p.language)
+        ids = tokenize_pieces(loaded, ctx.pieces)
+        sequences += [(ids, _seed(cfg.seed, p.id, i), n_tokens[(p.id, i)]) for i in range(cfg.n_per_prompt)]
+    generated, started = 0, time.perf_counter()
+    for ids, seed, n in sequences:
+        llm.set_seed(seed)
+        gen = llm.generate(ids, temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
+                           repeat_penalty=1.0, reset=True)
+        for produced, _ in enumerate(gen, start=1):
+            if produced >= n:
+                break
+        gen.close()
+        generated += max(n, 1)
+    raw_s = time.perf_counter() - started
+    llm.close()
+    strop_tps, raw_tps = stats.tokens_per_s, generated / raw_s
+    return {"prompts": len(prompts), "strop_tokens": stats.tokens, "strop_seconds": round(stats.seconds, 2),
+            "strop_tokens_per_s": round(strop_tps, 2), "raw_tokens": generated, "raw_seconds": round(raw_s, 2),
+            "raw_tokens_per_s": round(raw_tps, 2), "ratio": round(strop_tps / raw_tps, 3), "goal_ratio": 0.9,
+            "note": "tokens/s = generated tokens over the whole loop (prompt evaluation included on both sides)"}
+
+
+def requantised_control(base: Path, qtype: str, dest: Path) -> Path:
+    """The base model re-quantised to the candidate's type, with no training: isolates what export's
+    quantisation alone changes (SmolLM2 ships as Q4_1; candidates are exported as Q8_0)."""
+    import llama_cpp
+
+    from distill.quantize import QTYPES
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QTYPES[qtype.upper()])
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(base).encode(), str(dest).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"re-quantising {base} to {qtype} failed ({rc})")
+    return dest
+
+
+def quality(report: dict, base: Path, control: Path, validation: list, test: list, cfg) -> dict:
+    """Greedy and tuned-T_eval scores of each model on the same held-out slices. The cycle's
+    evaluation already scored the distilled model both ways and the base greedily (it serves at
+    T=0); the base's own tuned T_eval and the re-quantised control are added here."""
+    from distill.evaluate import Evaluator
+
+    out = {"distilled": {"greedy": _scores(report["candidate_greedy"]), "t_eval": report["t_eval"],
+                         "validation_edit_similarity_by_t": report["t_eval_curve"],
+                         "tuned": _scores(report["candidate"])},
+           "base": {"greedy": _scores(report["baseline_greedy"])}}
+    ev = Evaluator(base, cfg)
+    try:
+        t_eval, curve = ev.tune_temperature(validation)
+        out["base"].update(t_eval=t_eval, validation_edit_similarity_by_t={str(k): v for k, v in curve.items()},
+                           tuned=out["base"]["greedy"] if t_eval == 0.0 else _scores(dataclasses.asdict(
+                               ev.score(test, t_eval, perplexity=cfg.perplexity))))
+    finally:
+        ev.close()
+    ev = Evaluator(control, cfg)
+    try:
+        out["base_requantised"] = {"greedy": _scores(dataclasses.asdict(ev.score(test, 0.0, perplexity=cfg.perplexity)))}
+    finally:
+        ev.close()
+    return out
+
+
+def _scores(s: dict) -> dict:
+    return {"n": s["n"], "exact_match": round(s["exact_match"], 4), "edit_similarity": round(s["edit_similarity"], 4),
+            "perplexity": round(s["perplexity"], 3) if s.get("perplexity") else None,
+            "by_kind": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in d.items()}
+                        for k, d in s["by_kind"].items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", type=Path, default=ROOT)
+    ap.add_argument("--rev", default="HEAD")
+    ap.add_argument("--model", type=Path, default=None, help="GGUF in service (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--prompts", type=int, default=192)
+    ap.add_argument("--eval-items", type=int, default=96, help="validation + test items")
+    ap.add_argument("--budget-tokens", type=int, default=512, help="prompt budget of sampling and evaluation")
+    ap.add_argument("--throughput-prompts", type=int, default=24)
+    ap.add_argument("--train-compare-steps", type=int, default=6)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more cycle settings")
+    ap.add_argument("--keep", type=Path, help="keep the work directory here")
+    ap.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    args = ap.parse_args(argv)
+    model = (args.model or default_model()).resolve()
+
+    work = Path(tempfile.mkdtemp(prefix="strop-bench-distill-")) if args.keep is None else args.keep.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["STROP_HOME"] = str(work / "home")
+    os.environ.setdefault("TQDM_MININTERVAL", "10")
+    from bench_train import compare_loops
+    from distill.cycle import Cycle, load_config
+    from distill.records import EvalItem, Prompt, read_jsonl
+    from distill.registry import Registry, repo_key
+    from distill.sample import Sample
+    from distill.tokenize import TrainExample
+
+    repo = work / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    commit = clone(args.repo.resolve(), args.rev, repo)
+    registry = Registry()
+    key = repo_key(repo)
+    base_entry = registry.add_version(key, model, {"name": model.stem, "source": "import"})
+    registry.promote(key, base_entry.version)
+
+    settings = [f"cycle.max_prompts={args.prompts}", f"cycle.max_eval_items={args.eval_items}",
+                f"sample.budget_tokens={args.budget_tokens}", f"eval.budget_tokens={args.budget_tokens}",
+                "train.max_seq_tokens=768", "train.max_completion_tokens=128", *args.set]
+    cfg = load_config(None, settings)
+    started = time.perf_counter()
+    outcome = Cycle(repo, cfg).run(force=True)
+    cycle_s = time.perf_counter() - started
+    d = outcome.cycle_dir
+    report = json.loads((d / "report.json").read_text())
+    print(f"cycle done in {cycle_s:.0f}s: {outcome.seconds_by_stage}", flush=True)
+
+    prompts = read_jsonl(d / "prompts.jsonl", Prompt)
+    throughput = sampling_throughput(model, prompts[: args.throughput_prompts], cfg.sample, work)
+    print(f"sampling throughput: {json.dumps(throughput)}", flush=True)
+
+    samples = read_jsonl(d / "samples.jsonl", Sample)
+    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
+    train_cfg = dataclasses.replace(cfg.train, max_steps=args.train_compare_steps, checkpoint_every_steps=10_000,
+                                    num_threads=os.cpu_count() or 1)
+    training = compare_loops(model, examples, train_cfg)
+    training.pop("runs", None)
+    print(f"training throughput: strop {training['strop_tokens_per_s']} vs plain {training['plain_tokens_per_s']}"
+          f" tokens/s (ratio {training['ratio']})", flush=True)
+
+    control = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")
+    validation = read_jsonl(d / "validation.jsonl", EvalItem)
+    test = read_jsonl(d / "test.jsonl", EvalItem)
+    scores = quality(report, model, control, validation, test, cfg.eval)
+
+    state = json.loads((d / "state.json").read_text())
+    result = {
+        "benchmark": "bench_distill",
+        "repository": {"source": str(args.repo.resolve()), "commit": commit,
+                       "commits": int(git(repo, "rev-list", "--count", "HEAD"))},
+        "model": model.name,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "settings": settings,
+        "split": json.loads((d / "split.json").read_text()),
+        "prompts": len(prompts),
+        "sample_stats": json.loads((d / "sample_stats.json").read_text()),
+        "train": {k: v for k, v in json.loads((d / "train.json").read_text()).items() if k != "losses"},
+        "train_loss_first_last": [json.loads((d / "train.json").read_text())["losses"][i] for i in (0, -1)],
+        "export_roundtrip": json.loads((d / "export.json").read_text()),
+        "seconds_by_stage": state.get("seconds", {}),
+        "cycle_seconds": round(cycle_s, 1),
+        "gate": {"promoted": outcome.promoted, "version": outcome.version, "reasons": outcome.reasons,
+                 "t_eval": report["t_eval"]},
+        "sampling_throughput": throughput,
+        "training_throughput": training,
+        "held_out_quality": scores,
+        "goals": {"sampling_over_raw": ">= 0.9", "training_over_plain": ">= 0.9"},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("report.txt", "report.png"):
+        shutil.copyfile(d / name, args.out.with_name(f"distill-{name}"))
+    print(json.dumps({k: result[k] for k in ("seconds_by_stage", "gate", "held_out_quality")}, indent=2))
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
