@@ -59,18 +59,15 @@ def clone(repo: Path, rev: str, dest: Path) -> str:
     return commit
 
 
-def sampling_throughput(model: Path, prompts: list, cfg, work: Path) -> dict:
-    """strop's sampler versus raw llama-cpp-python generation on the same prompts and tokens."""
-    from distill.sample import Sample, dropped_path, sample, _seed
+def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int = 3) -> dict:
+    """strop's sampler versus raw llama-cpp-python generation on the same prompts and tokens,
+    alternated `rounds` times (strop, raw, strop, raw, ...) so that drift in the machine's speed
+    falls on both."""
     from distill.records import read_jsonl
+    from distill.sample import Sample, _seed, dropped_path, sample
     from server import context as ctxmod
     from server.engine import load_model, tokenize_pieces
     from server.models import ResolvedModel
-
-    out = work / "throughput-samples.jsonl"
-    stats = sample(model, prompts, out, cfg, progress=False)
-    done = read_jsonl(out, Sample) + (read_jsonl(dropped_path(out), Sample) if dropped_path(out).exists() else [])
-    n_tokens = {(s.prompt_id, s.index): s.n_tokens + (1 if s.stop_reason == "eog" else 0) for s in done}
 
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,
                         n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
@@ -80,29 +77,51 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path) -> dict:
     def count(text: str) -> int:
         return len(llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
 
-    sequences = []
-    for p in prompts:
-        ctx = ctxmod.build(p.prefix + p.suffix, len(p.prefix), fmt=loaded.fim, count=count, budget=budget,
-                           path=p.path, language=p.language)
-        ids = tokenize_pieces(loaded, ctx.pieces)
-        sequences += [(ids, _seed(cfg.seed, p.id, i), n_tokens[(p.id, i)]) for i in range(cfg.n_per_prompt)]
-    generated, started = 0, time.perf_counter()
-    for ids, seed, n in sequences:
-        llm.set_seed(seed)
-        gen = llm.generate(ids, temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
-                           repeat_penalty=1.0, reset=True)
-        for produced, _ in enumerate(gen, start=1):
-            if produced >= n:
-                break
-        gen.close()
-        generated += max(n, 1)
-    raw_s = time.perf_counter() - started
-    llm.close()
-    strop_tps, raw_tps = stats.tokens_per_s, generated / raw_s
-    return {"prompts": len(prompts), "strop_tokens": stats.tokens, "strop_seconds": round(stats.seconds, 2),
-            "strop_tokens_per_s": round(strop_tps, 2), "raw_tokens": generated, "raw_seconds": round(raw_s, 2),
-            "raw_tokens_per_s": round(raw_tps, 2), "ratio": round(strop_tps / raw_tps, 3), "goal_ratio": 0.9,
-            "note": "tokens/s = generated tokens over the whole loop (prompt evaluation included on both sides)"}
+    rows, matched = [], True
+    try:
+        for r in range(rounds):
+            out = work / f"throughput-samples-{r}.jsonl"
+            for stale in (out, dropped_path(out)):
+                stale.unlink(missing_ok=True)
+            stats = sample(model, prompts, out, cfg, progress=False)
+            done = read_jsonl(out, Sample) + (read_jsonl(dropped_path(out), Sample) if dropped_path(out).exists() else [])
+            by_key = {(s.prompt_id, s.index): s for s in done}
+            generated, started = 0, time.perf_counter()
+            for p in prompts:
+                ctx = ctxmod.build(p.prefix + p.suffix, len(p.prefix), fmt=loaded.fim, count=count, budget=budget,
+                                   path=p.path, language=p.language)
+                ids = tokenize_pieces(loaded, ctx.pieces)
+                for i in range(cfg.n_per_prompt):
+                    s = by_key[(p.id, i)]
+                    matched &= len(ids) == s.n_prompt_tokens or s.drop_reason == "empty_prompt"
+                    if not ids:
+                        continue
+                    # the same samples as strop drew: the token that ended the line or block, or an
+                    # end-of-generation token that strop samples but does not keep
+                    n = s.n_tokens + (1 if s.stop_reason == "eog" else 0)
+                    llm.set_seed(_seed(cfg.seed, p.id, i))
+                    gen = llm.generate(ids, temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
+                                       repeat_penalty=1.0, reset=True)
+                    for produced, _ in enumerate(gen, start=1):
+                        if produced >= n:
+                            break
+                    gen.close()
+                    generated += s.n_tokens
+            raw_s = time.perf_counter() - started
+            rows.append({"strop_tokens": stats.tokens, "strop_seconds": round(stats.seconds, 2),
+                         "strop_tokens_per_s": round(stats.tokens_per_s, 2), "raw_tokens": generated,
+                         "raw_seconds": round(raw_s, 2), "raw_tokens_per_s": round(generated / raw_s, 2),
+                         "ratio": round(stats.tokens_per_s / (generated / raw_s), 3)})
+            print(f"sampling round {r}: {json.dumps(rows[-1])}", flush=True)
+    finally:
+        llm.close()
+    strop_tps = sum(r["strop_tokens"] for r in rows) / sum(r["strop_seconds"] for r in rows)
+    raw_tps = sum(r["raw_tokens"] for r in rows) / sum(r["raw_seconds"] for r in rows)
+    return {"prompts": len(prompts), "rounds": rows, "strop_tokens_per_s": round(strop_tps, 2),
+            "raw_tokens_per_s": round(raw_tps, 2), "ratio": round(strop_tps / raw_tps, 3),
+            "token_sequences_match": matched, "goal_ratio": 0.9,
+            "note": "tokens/s = kept generated tokens over the whole loop (prompt evaluation included on both "
+                    "sides; strop's loop also builds contexts, cleans and persists each sample)"}
 
 
 def requantised_control(base: Path, qtype: str, dest: Path) -> Path:
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-compare-steps", type=int, default=6)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more cycle settings")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
+    ap.add_argument("--parts", default="cycle,sampling,training,quality",
+                    help="what to measure; without `cycle`, the kept cycle of --keep is measured again")
     ap.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     args = ap.parse_args(argv)
     model = (args.model or default_model()).resolve()
@@ -182,72 +203,78 @@ def main(argv: list[str] | None = None) -> int:
     from distill.sample import Sample
     from distill.tokenize import TrainExample
 
-    repo = work / "repo"
-    if repo.exists():
-        shutil.rmtree(repo)
-    commit = clone(args.repo.resolve(), args.rev, repo)
-    registry = Registry()
-    key = repo_key(repo)
-    base_entry = registry.add_version(key, model, {"name": model.stem, "source": "import"})
-    registry.promote(key, base_entry.version)
-
     settings = [f"cycle.max_prompts={args.prompts}", f"cycle.max_eval_items={args.eval_items}",
                 f"sample.budget_tokens={args.budget_tokens}", f"eval.budget_tokens={args.budget_tokens}",
                 "train.max_seq_tokens=768", "train.max_completion_tokens=128", *args.set]
     cfg = load_config(None, settings)
-    started = time.perf_counter()
-    outcome = Cycle(repo, cfg).run(force=True)
-    cycle_s = time.perf_counter() - started
-    d = outcome.cycle_dir
+    parts = set(args.parts.split(","))
+    repo = work / "repo"
+    result: dict = {}
+    if "cycle" in parts:
+        if repo.exists():
+            shutil.rmtree(repo)
+        commit = clone(args.repo.resolve(), args.rev, repo)
+        registry = Registry()
+        key = repo_key(repo)
+        base_entry = registry.add_version(key, model, {"name": model.stem, "source": "import"})
+        registry.promote(key, base_entry.version)
+        started = time.perf_counter()
+        outcome = Cycle(repo, cfg).run(force=True)
+        d = outcome.cycle_dir
+        print(f"cycle done in {time.perf_counter() - started:.0f}s: {outcome.seconds_by_stage}", flush=True)
+        train_json = json.loads((d / "train.json").read_text())
+        result.update({
+            "benchmark": "bench_distill",
+            "repository": {"source": str(args.repo.resolve()), "commit": commit,
+                           "commits": int(git(repo, "rev-list", "--count", "HEAD"))},
+            "model": model.name,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "settings": settings,
+            "split": json.loads((d / "split.json").read_text()),
+            "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
+            "sample_stats": json.loads((d / "sample_stats.json").read_text()),
+            "train": {k: v for k, v in train_json.items() if k != "losses"},
+            "train_loss_first_last": [train_json["losses"][i] for i in (0, -1)],
+            "export_roundtrip": json.loads((d / "export.json").read_text()),
+            "seconds_by_stage": json.loads((d / "state.json").read_text()).get("seconds", {}),
+            "cycle_seconds": round(time.perf_counter() - started, 1),
+            "gate": {"promoted": outcome.promoted, "version": outcome.version, "reasons": outcome.reasons,
+                     "t_eval": json.loads((d / "report.json").read_text())["t_eval"]},
+            "goals": {"sampling_over_raw": ">= 0.9", "training_over_plain": ">= 0.9"},
+        })
+    else:  # re-measure parts on the cycle a kept work directory holds; the rest of the results stay
+        if args.keep is None or not args.out.exists():
+            raise SystemExit("--parts without `cycle` needs --keep DIR of an earlier run and its --out file")
+        result = json.loads(args.out.read_text())
+        d = max((Cycle(repo, cfg).root).glob("cycle-*"))
     report = json.loads((d / "report.json").read_text())
-    print(f"cycle done in {cycle_s:.0f}s: {outcome.seconds_by_stage}", flush=True)
 
-    prompts = read_jsonl(d / "prompts.jsonl", Prompt)
-    throughput = sampling_throughput(model, prompts[: args.throughput_prompts], cfg.sample, work)
-    print(f"sampling throughput: {json.dumps(throughput)}", flush=True)
+    if "sampling" in parts:
+        prompts = read_jsonl(d / "prompts.jsonl", Prompt)
+        result["sampling_throughput"] = sampling_throughput(model, prompts[: args.throughput_prompts], cfg.sample, work)
 
-    samples = read_jsonl(d / "samples.jsonl", Sample)
-    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
-    train_cfg = dataclasses.replace(cfg.train, max_steps=args.train_compare_steps, checkpoint_every_steps=10_000,
-                                    num_threads=os.cpu_count() or 1)
-    training = compare_loops(model, examples, train_cfg)
-    training.pop("runs", None)
-    print(f"training throughput: strop {training['strop_tokens_per_s']} vs plain {training['plain_tokens_per_s']}"
-          f" tokens/s (ratio {training['ratio']})", flush=True)
+    if "training" in parts:
+        samples = read_jsonl(d / "samples.jsonl", Sample)
+        examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
+        train_cfg = dataclasses.replace(cfg.train, max_steps=args.train_compare_steps, checkpoint_every_steps=10_000,
+                                        num_threads=os.cpu_count() or 1)
+        training = compare_loops(model, examples, train_cfg)
+        training.pop("runs", None)
+        result["training_throughput"] = training
+        print(f"training throughput: strop {training['strop_tokens_per_s']} vs plain "
+              f"{training['plain_tokens_per_s']} tokens/s (ratio {training['ratio']})", flush=True)
 
-    control = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")
-    validation = read_jsonl(d / "validation.jsonl", EvalItem)
-    test = read_jsonl(d / "test.jsonl", EvalItem)
-    scores = quality(report, model, control, validation, test, cfg.eval)
+    if "quality" in parts:
+        control = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")
+        result["held_out_quality"] = quality(report, model, control, read_jsonl(d / "validation.jsonl", EvalItem),
+                                             read_jsonl(d / "test.jsonl", EvalItem), cfg.eval)
 
-    state = json.loads((d / "state.json").read_text())
-    result = {
-        "benchmark": "bench_distill",
-        "repository": {"source": str(args.repo.resolve()), "commit": commit,
-                       "commits": int(git(repo, "rev-list", "--count", "HEAD"))},
-        "model": model.name,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": settings,
-        "split": json.loads((d / "split.json").read_text()),
-        "prompts": len(prompts),
-        "sample_stats": json.loads((d / "sample_stats.json").read_text()),
-        "train": {k: v for k, v in json.loads((d / "train.json").read_text()).items() if k != "losses"},
-        "train_loss_first_last": [json.loads((d / "train.json").read_text())["losses"][i] for i in (0, -1)],
-        "export_roundtrip": json.loads((d / "export.json").read_text()),
-        "seconds_by_stage": state.get("seconds", {}),
-        "cycle_seconds": round(cycle_s, 1),
-        "gate": {"promoted": outcome.promoted, "version": outcome.version, "reasons": outcome.reasons,
-                 "t_eval": report["t_eval"]},
-        "sampling_throughput": throughput,
-        "training_throughput": training,
-        "held_out_quality": scores,
-        "goals": {"sampling_over_raw": ">= 0.9", "training_over_plain": ">= 0.9"},
-    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("report.txt", "report.png"):
         shutil.copyfile(d / name, args.out.with_name(f"distill-{name}"))
-    print(json.dumps({k: result[k] for k in ("seconds_by_stage", "gate", "held_out_quality")}, indent=2))
+    print(json.dumps({k: result.get(k) for k in ("seconds_by_stage", "gate", "sampling_throughput",
+                                                 "held_out_quality")}, indent=2))
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -332,8 +332,10 @@ def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
 
 
 # --- configuration --------------------------------------------------------------------------------
-def load_config(path: Path | None, overrides: list[str]) -> CycleConfig:
-    """Defaults < TOML file (sections: [cycle], [split], [harvest], [sample], [train], [eval]) < --set."""
+def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()) -> CycleConfig:
+    """Defaults < TOML file < --set < --exclude. Sections: [cycle], [files] (which repository files
+    count, for both the held-out split and the prompts: exclude_globs, max_file_bytes, languages),
+    [split], [harvest], [sample], [train], [eval]."""
     from .train import TrainConfig
 
     cfg = CycleConfig(train=TrainConfig())
@@ -353,14 +355,23 @@ def load_config(path: Path | None, overrides: list[str]) -> CycleConfig:
         except json.JSONDecodeError:
             value = raw
         values.setdefault(section, {})[name] = value
+    files = cfg.split.files
     for section, kv in values.items():
         if section == "cycle":
             cfg = _replace(cfg, kv, "cycle")
+        elif section == "files":
+            files = _replace(files, kv, "files")
         elif section in ("split", "harvest", "sample", "train", "eval"):
+            if "files" in kv:
+                raise StropError(f"{section}.files: set file selection in the [files] section (it applies to "
+                                 "the split and the prompts alike)")
             cfg = dataclasses.replace(cfg, **{section: _replace(getattr(cfg, section), kv, section)})
         else:
-            raise StropError(f"unknown configuration section [{section}]")
-    return cfg
+            raise StropError(f"unknown configuration section [{section}]; known: cycle, files, split, harvest, "
+                             "sample, train, eval")
+    files = dataclasses.replace(files, exclude_globs=tuple(files.exclude_globs) + tuple(exclude))
+    return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, files=files),
+                               harvest=dataclasses.replace(cfg.harvest, files=files))
 
 
 def _replace(obj, kv: dict, section: str):
@@ -370,18 +381,21 @@ def _replace(obj, kv: dict, section: str):
         if k not in names:
             raise StropError(f"unknown setting {section}.{k}; known: {', '.join(sorted(names))}")
         cur = getattr(obj, k)
-        if isinstance(cur, tuple) and isinstance(v, list):
-            v = tuple(v)
+        if isinstance(v, list):  # TOML/JSON arrays; the config dataclasses hold tuples
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         elif isinstance(cur, Path) or (cur is None and k.endswith(("_model", "_path"))):
             v = Path(v)
         changes[k] = v
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except (TypeError, ValueError) as err:  # a config dataclass refusing a value
+        raise StropError(f"[{section}]: {err}") from err
 
 
 # --- CLI entry points ---------------------------------------------------------------------------------
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, args.exclude)
     repo = args.repo.resolve()
     if not repo.is_dir():
         raise StropError(f"--repo {args.repo}: not a directory")

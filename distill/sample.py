@@ -55,6 +55,7 @@ class Sample:
     stop_reason: str
     source: str = "repo"
     drop_reason: str = ""  # set on records of the dropped-samples file (see `dropped_path`)
+    n_prompt_tokens: int = 0  # the prompt as the model saw it
 
 
 @dataclass
@@ -139,15 +140,16 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
                            sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)))
             gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
             if gen is None:  # an empty prompt (the start of a file, for a model without BOS)
-                text, why, n_tokens, stop_reason = "", "empty_prompt", 0, ""
+                text, why, n_tokens, stop_reason, n_prompt = "", "empty_prompt", 0, "", 0
             else:
                 text = clean_generation(gen, ctx, prompt.suffix, multiline).text
-                why, n_tokens, stop_reason = degenerate(text), len(gen.tokens), gen.stop_reason
+                why, n_tokens, stop_reason, n_prompt = (degenerate(text), len(gen.tokens), gen.stop_reason,
+                                                        gen.n_prompt_tokens)
             stats.tokens += n_tokens
             # Weight 1: an unverified own sample. (A logged prompt's weight belongs to the completion
             # the user accepted there, which trains as its own example; see distill.cycle.)
             record = Sample(prompt.id, index, prompt.path, prompt.language, ctx.prefix, ctx.suffix, text,
-                            1.0, n_tokens, stop_reason, prompt.source, why or "")
+                            1.0, n_tokens, stop_reason, prompt.source, why or "", n_prompt)
             if why:
                 stats.dropped[why] += 1
             else:

@@ -28,3 +28,25 @@ def test_held_out_items_that_an_accepted_completion_contains_are_dropped():
              for i, target in enumerate(["return compute(1)", "x = 2", "print(total)"])]
     seen = TrainText(["def g():\n    return compute(1)\n", "print(tot"])
     assert [it.target for it in unseen(items, seen)] == ["x = 2", "print(total)"]
+
+
+def test_config_precedence_and_file_selection_for_split_and_prompts_alike(tmp_path):
+    import pytest
+
+    from distill.cycle import load_config
+    from server.errors import StropError
+
+    toml = tmp_path / "distill.toml"
+    toml.write_text('[sample]\ntemperature = 1.2\nn_per_prompt = 2\n\n[files]\nexclude_globs = ["gen/**"]\n'
+                    'languages = ["python"]\n\n[eval]\nt_eval_grid = [0.0, 0.5]\n')
+    cfg = load_config(toml, ["sample.temperature=0.9"], ["vendor2/**"])
+    assert cfg.sample.temperature == 0.9 and cfg.sample.n_per_prompt == 2  # --set beats the file
+    assert cfg.eval.t_eval_grid == (0.0, 0.5)
+    assert cfg.split.files == cfg.harvest.files
+    assert cfg.split.files.exclude_globs == ("gen/**", "vendor2/**") and cfg.split.files.languages == ("python",)
+    with pytest.raises(StropError, match="unknown setting sample.temprature"):
+        load_config(None, ["sample.temprature=1"])
+    with pytest.raises(StropError, match=r"\[files\] section"):
+        load_config(None, ['harvest.files={"max_file_bytes": 1}'])
+    with pytest.raises(StropError, match="unknown configuration section"):
+        load_config(None, ["smaple.n_per_prompt=1"])

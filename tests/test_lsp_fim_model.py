@@ -37,12 +37,12 @@ async def test_fim_completion_uses_the_suffix(served):
     open_doc(client, uri, SOURCE)
     line = SOURCE.split("\n").index("    data = ")
     result = await inline(client, uri, line, len("    data = "))
-    assert result is not None
-    if result.items:  # the tiny model may legitimately stop at once; the prompt is what we check
-        row = next(r for r in rows(home) if r["id"] == item_id(result.items[0]))
-        assert row["suffix"].startswith("\n    print(data)")
-        assert row["prefix"].endswith("    data = ")
-        assert row["n_prompt_tokens"] > 10
+    # The fixture model is deterministic (fixed seed, greedy decoding); here it writes "()".
+    assert result is not None and result.items, "the tiny FIM model completes `data = `"
+    row = next(r for r in rows(home) if r["id"] == item_id(result.items[0]))
+    assert row["suffix"].startswith("\n    print(data)")
+    assert row["prefix"].endswith("    data = ")
+    assert row["n_prompt_tokens"] > 10
     # the prompt layout the engine used: typed part of the line after the middle marker
     from server.context import build
     from server.fim import KNOWN_FORMATS

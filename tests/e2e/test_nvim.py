@@ -58,6 +58,14 @@ vim.api.nvim_create_autocmd("LspRequest", {{
   end,
 }})
 
+-- Every notification, for the tests to read.
+_G.strop_notes = {}
+local notify = vim.notify
+vim.notify = function(msg, level, opts)
+  table.insert(_G.strop_notes, msg)
+  return notify(msg, level, opts)
+end
+
 -- The ghost text on screen in the current buffer: the plugin's record of it, plus the extmark
 -- that really draws it (the built-in client's namespace, or strop's own in fallback mode).
 function _G.strop_ghost()
@@ -383,3 +391,26 @@ def test_plugin_rules() -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_stropdistill_runs_strop_distill_and_reports_its_outcome(sessions, monkeypatch) -> None:
+    """While another cycle holds the repository's lock, :StropDistill runs the real `strop distill
+    --once`, which refuses at once; the plugin says so, with the CLI's reason."""
+    session = sessions("native")
+    session.open(session.write("distill.py", FIBONACCI))
+    monkeypatch.setenv("STROP_HOME", str(session.home))  # the lock lives under the session's STROP_HOME
+    from distill.lock import CycleLock
+    from distill.registry import repo_key
+
+    with CycleLock.for_repo(repo_key(session.project)):
+        session.nvim.command("StropDistill")
+        note = session.nvim.wait_for(
+            "for _, m in ipairs(strop_notes) do if m:find('distillation failed', 1, true) then return m end end"
+            " return false",
+            120,
+            "the distillation's outcome",
+        )
+    assert "exit code 1" in note and "another strop cycle is already running" in note, note
+    assert any("distilling " in m for m in session.nvim.lua("return strop_notes")), "it said it started"
