@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.fixture_repo import make_fixture_repo
+from tests.fixtures.fixture_repo import GITHUB_TOKEN, NEVER_READ_MARKERS, PLANTED_SECRETS, make_fixture_repo
 from tests.lsp_support import inline, open_doc, start, status
 
 pytestmark = [pytest.mark.slow]
@@ -72,7 +72,8 @@ def _log_accepted_completion(home: Path, repo: Path) -> None:
 
     log = CompletionLog(home / "completions.sqlite3")
     log.add(Record(id="accepted-1", repo=str(repo.resolve()), path="scratch.py", language="python", model="tiny",
-                   model_version="v1", prefix="import os\n\ndef home():\n    return ", suffix="\n", snippets=[],
+                   model_version="v1", prefix=f"import os\nTOKEN = '{GITHUB_TOKEN}'\n\ndef home():\n    return ",
+                   suffix="\n", snippets=[],
                    completion="os.path.expanduser('~')", multiline=False))
     log.mark_outcome("accepted-1", "accepted", len("os.path.expanduser('~')"))
     log.mark_retention("accepted-1", len("os.path.expanduser('~')"))
@@ -148,6 +149,16 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     llm = llama_cpp.Llama(model_path=str(reg.get(key, base_version).gguf), lora_path=str(Path(entry.path) / "adapter.gguf"),
                           n_ctx=64, verbose=False)
     llm.close()
+    # no planted secret (in the repository or in the log) and nothing of a never-read file reached
+    # anything the cycle sampled, trained on, evaluated on or registered
+    cycle_dir = max((home / "distill" / key).glob("cycle-*"))
+    outputs = [p for p in [*cycle_dir.rglob("*"), *Path(entry.path).iterdir()]
+               if p.is_file() and p.suffix in (".jsonl", ".json", ".txt")]
+    assert {p.name for p in outputs} >= {"prompts.jsonl", "samples.jsonl", "test.jsonl", "manifest.json"}
+    for p in outputs:
+        text = p.read_text(errors="replace")
+        for planted in (*PLANTED_SECRETS, *NEVER_READ_MARKERS.values()):
+            assert planted not in text, f"{planted!r} leaked into {p}"
     # nothing changed since: the next run is skipped
     again = _distill(repo, home)
     out = again.communicate(timeout=120)[0]

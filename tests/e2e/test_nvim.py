@@ -59,7 +59,7 @@ vim.api.nvim_create_autocmd("LspRequest", {{
 }})
 
 -- Every notification, for the tests to read.
-_G.strop_notes = {}
+_G.strop_notes = {{}}
 local notify = vim.notify
 vim.notify = function(msg, level, opts)
   table.insert(_G.strop_notes, msg)
@@ -399,7 +399,7 @@ def test_stropdistill_runs_strop_distill_and_reports_its_outcome(sessions, monke
     """While another cycle holds the repository's lock, :StropDistill runs the real `strop distill
     --once`, which refuses at once; the plugin says so, with the CLI's reason."""
     session = sessions("native")
-    session.open(session.write("distill.py", FIBONACCI))
+    session.open(session.write("nightly.py", FIBONACCI))  # not distill.py: `python -m` puts the cwd first on sys.path
     monkeypatch.setenv("STROP_HOME", str(session.home))  # the lock lives under the session's STROP_HOME
     from distill.lock import CycleLock
     from distill.registry import repo_key
