@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("report.txt", "report.png"):
-        shutil.copyfile(d / name, args.out.with_name(f"distill-{name}"))
+        shutil.copyfile(d / name, args.out.with_name(f"{args.out.stem}-{name}"))
     print(json.dumps({k: result.get(k) for k in ("seconds_by_stage", "gate", "sampling_throughput",
                                                  "held_out_quality")}, indent=2))
     if args.keep is None:

@@ -324,10 +324,14 @@ def training_examples(samples: list[Sample], prompts: list[Prompt]) -> list:
 
 
 def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
+    """At most `limit` prompts: the logged ones first (each carries a verified completion), then a
+    seeded draw of the repository's."""
+    logged = [p for p in prompts if p.source == "log"]
     if len(prompts) <= limit:
         return prompts
-    ranked = sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest())
-    keep = {p.id for p in ranked[:limit]}
+    ranked = sorted((p for p in prompts if p.source != "log"),
+                    key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest())
+    keep = {p.id for p in logged[:limit]} | {p.id for p in ranked[: max(0, limit - len(logged))]}
     return [p for p in prompts if p.id in keep]
 
 

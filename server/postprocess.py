@@ -1,7 +1,8 @@
 """Output hygiene: named rules, each a pure function, applied in a fixed order by `clean()`.
 
 Order matters and is written once here: partial last line (when generation was cut short) →
-scope (line/block) → repetition → suffix overlap → bracket balance → trailing whitespace. Each rule takes the completion text and returns the text to keep.
+scope (line/block) → repetition → suffix overlap → bracket balance → trailing whitespace. Each
+rule takes the completion text and returns the text to keep.
 """
 
 from __future__ import annotations

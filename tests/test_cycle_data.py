@@ -50,3 +50,14 @@ def test_config_precedence_and_file_selection_for_split_and_prompts_alike(tmp_pa
         load_config(None, ['harvest.files={"max_file_bytes": 1}'])
     with pytest.raises(StropError, match="unknown configuration section"):
         load_config(None, ["smaple.n_per_prompt=1"])
+
+
+def test_the_prompt_cap_keeps_every_logged_prompt():
+    from distill.cycle import _cap
+    from distill.records import Prompt
+
+    repo = [Prompt(f"r{i}", "next_line", "a.py", "python", f"x{i} = ", "", "1") for i in range(10)]
+    logged = [Prompt(f"l{i}", "logged", "a.py", "python", f"y{i} = ", "", "2", 1.5, "log") for i in range(3)]
+    kept = _cap(repo + logged, 5, seed=0)
+    assert len(kept) == 5 and {p.id for p in logged} <= {p.id for p in kept}
+    assert _cap(repo + logged, 5, seed=0) == kept and _cap(repo + logged, 5, seed=1) != kept
