@@ -16,7 +16,9 @@ does. Then, in the same run:
   slice, each under greedy decoding and under its own T_eval tuned on the validation slice, plus a
   control: the base re-quantised to the candidate's type without training (what export alone does).
 
-Results go to benchmarks/results/distill.json (and the cycle's report.txt/png beside it).
+Part `wide` (not run by default) scores both models greedily on up to `--wide-items` items of the
+test slice, more than the cycle's gate uses. Results go to benchmarks/results/distill.json (and
+the cycle's report.txt/png beside it).
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-compare-steps", type=int, default=6)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more cycle settings")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
+    ap.add_argument("--wide-items", type=int, default=240, help="test items of the `wide` part")
     ap.add_argument("--parts", default="cycle,sampling,training,quality",
                     help="what to measure; without `cycle`, the kept cycle of --keep is measured again")
     ap.add_argument("--out", type=Path, default=RESULTS / "distill.json")
@@ -263,6 +266,22 @@ def main(argv: list[str] | None = None) -> int:
         result["training_throughput"] = training
         print(f"training throughput: strop {training['strop_tokens_per_s']} vs plain "
               f"{training['plain_tokens_per_s']} tokens/s (ratio {training['ratio']})", flush=True)
+
+    if "wide" in parts:  # more of the held-out test slice than the cycle's gate used, greedy only
+        from distill.evaluate import Evaluator
+        from distill.split import split_repo
+
+        test = split_repo(repo, cfg.split).test()[: args.wide_items]
+        candidate = Path(Registry().get(repo_key(repo), result["gate"]["version"]).gguf)
+        wide = {"n": len(test), "decoding": "greedy"}
+        for name, path in (("distilled", candidate), ("base", model)):
+            ev = Evaluator(path, cfg.eval)
+            try:
+                wide[name] = _scores(dataclasses.asdict(ev.score(test, 0.0, progress=True)))
+            finally:
+                ev.close()
+        result["held_out_quality_wide"] = wide
+        print(f"wide test slice: {json.dumps(wide)}", flush=True)
 
     if "quality" in parts:
         control = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")

@@ -162,12 +162,20 @@ class Evaluator:
             seconds=time.perf_counter() - t0)
 
     def tune_temperature(self, validation: list[EvalItem], progress: bool = False) -> tuple[float, dict]:
-        """T_eval with the best validation edit similarity (ties go to the lower temperature)."""
-        curve = {}
-        for temp in self.cfg.t_eval_grid:
-            curve[temp] = self.score(validation, temp, progress=progress).edit_similarity
-        best = max(curve, key=lambda t_: (round(curve[t_], 6), -t_))
-        return best, curve
+        """T_eval on the validation slice (see `pick_temperature`), and the whole curve."""
+        curve = {temp: self.score(validation, temp, progress=progress).edit_similarity for temp in self.cfg.t_eval_grid}
+        return pick_temperature(curve, self.cfg.margin), curve
+
+
+def pick_temperature(curve: dict[float, float], margin: float) -> float:
+    """The lowest temperature whose validation edit similarity is within `margin` of the best one.
+
+    A higher temperature must beat a lower one by the same margin a candidate must beat the model in
+    service by: on a validation slice of tens of items, smaller differences are noise, and decoding
+    closer to greedy is the steadier choice to ship.
+    """
+    best = max(curve.values())
+    return min(t for t, score in curve.items() if score >= best - margin)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import pytest
 
-from distill.evaluate import EvalConfig, Scores, _comparable, edit_similarity, gate, levenshtein
+from distill.evaluate import EvalConfig, Scores, _comparable, edit_similarity, gate, levenshtein, pick_temperature
 from distill.records import EvalItem
 
 
@@ -34,3 +34,14 @@ def test_gate(cand, base, promote, why):
     ok, reasons = gate(cand, base, EvalConfig())
     assert ok is promote
     assert any(why in r for r in reasons)
+
+
+@pytest.mark.parametrize("curve, margin, expected", [
+    # measured on strop's own history: 0.6 won validation by 0.003, and lost the test slice by 0.03
+    ({0.0: 0.1553, 0.3: 0.1366, 0.6: 0.1585, 0.9: 0.1221}, 0.005, 0.0),
+    ({0.0: 0.150, 0.3: 0.170, 0.6: 0.172, 0.9: 0.120}, 0.005, 0.3),  # a clear gain, then a plateau
+    ({0.0: 0.150, 0.3: 0.150}, 0.0, 0.0),  # exact ties go to the lower temperature
+    ({0.3: 0.20, 0.9: 0.26}, 0.005, 0.9),
+])
+def test_pick_temperature_needs_the_margin_to_leave_a_lower_one(curve, margin, expected):
+    assert pick_temperature(curve, margin) == expected
