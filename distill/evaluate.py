@@ -172,10 +172,11 @@ def pick_temperature(curve: dict[float, float], margin: float) -> float:
 
     A higher temperature must beat a lower one by the same margin a candidate must beat the model in
     service by: on a validation slice of tens of items, smaller differences are noise, and decoding
-    closer to greedy is the steadier choice to ship.
+    closer to greedy is the steadier choice to ship. A negative margin (a gate told to admit any
+    candidate) asks for no tolerance here: the best temperature wins, ties to the lower one.
     """
     best = max(curve.values())
-    return min(t for t, score in curve.items() if score >= best - margin)
+    return min(t for t, score in curve.items() if score >= best - max(margin, 0.0))
 
 
 @dataclass

@@ -42,6 +42,7 @@ def test_gate(cand, base, promote, why):
     ({0.0: 0.150, 0.3: 0.170, 0.6: 0.172, 0.9: 0.120}, 0.005, 0.3),  # a clear gain, then a plateau
     ({0.0: 0.150, 0.3: 0.150}, 0.0, 0.0),  # exact ties go to the lower temperature
     ({0.3: 0.20, 0.9: 0.26}, 0.005, 0.9),
+    ({0.0: 0.150, 0.3: 0.170, 0.6: 0.170}, -1.0, 0.3),  # a gate that admits anything still picks a best
 ])
 def test_pick_temperature_needs_the_margin_to_leave_a_lower_one(curve, margin, expected):
     assert pick_temperature(curve, margin) == expected
