@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -237,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
             "sample_stats": json.loads((d / "sample_stats.json").read_text()),
             "train": {k: v for k, v in train_json.items() if k != "losses"},
-            "train_loss_first_last": [train_json["losses"][i] for i in (0, -1)],
             "export_roundtrip": json.loads((d / "export.json").read_text()),
             "seconds_by_stage": json.loads((d / "state.json").read_text()).get("seconds", {}),
             "cycle_seconds": round(time.perf_counter() - started, 1),
@@ -251,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.out.read_text())
         d = max((Cycle(repo, cfg).root).glob("cycle-*"))
     report = json.loads((d / "report.json").read_text())
+    losses = json.loads((d / "train.json").read_text())["losses"]
+    result.pop("train_loss_first_last", None)
+    # Medians over 5 steps: the last step of an epoch may hold a single example.
+    result["train_loss_median_first_last_5_steps"] = [round(statistics.median(losses[:5]), 4),
+                                                      round(statistics.median(losses[-5:]), 4)]
 
     if "sampling" in parts:
         prompts = read_jsonl(d / "prompts.jsonl", Prompt)
