@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from distill.batches import collate, plan_steps  # noqa: E402
-from distill.checkpoint import write_json_atomic  # noqa: E402
+from distill.atomic import write_json_atomic  # noqa: E402
 from distill.tokenize import TrainExample  # noqa: E402
 from distill.train import TrainConfig, encode_examples, load_base, train  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Training checkpoints that survive kill -9, and atomic directories for training's outputs.
+"""Training checkpoints that survive kill -9.
 
 A checkpoint is a directory `checkpoints/step-00000012/` holding the adapter weights, the optimizer
 and scheduler states, the RNG states and the run's progress. It is written under a temporary name
@@ -8,13 +8,10 @@ interrupted write are removed the next time the run starts.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,81 +19,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.errors import DiskFull, StropError
+from distill.atomic import TMP_PREFIX, atomic_dir
+from server.errors import StropError
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-_TMP_PREFIX = ".tmp-"
 KEEP_CHECKPOINTS = 2  # the newest, plus one in case the newest's files are damaged afterwards
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT anywhere in the exception chain. torch.save reports it as a RuntimeError whose
-    context is the OSError; safetensors (Rust) only in its message."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(cur) or "os error 28" in str(cur):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-@contextmanager
-def atomic_dir(dest: Path, *, what: str) -> Iterator[Path]:
-    """Yield a temporary directory beside `dest`; on success it replaces `dest` in one rename.
-    A full disk becomes DiskFull and leaves `dest` as it was. `what` names the artifact in errors."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f"{_TMP_PREFIX}{dest.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if dest.exists():
-            # A directory cannot be renamed over a non-empty one: move the old one aside first.
-            old = dest.parent / f"{_TMP_PREFIX}{dest.name}.{os.getpid()}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(exc):
-            free_mib = shutil.disk_usage(dest.parent).free / 2**20
-            raise DiskFull(
-                f"Saving the {what} to {dest} failed: the disk is full ({free_mib:.0f} MiB free). "
-                f"Free some space and run training again; it resumes from its last checkpoint.") from exc
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if _is_disk_full(exc):
-            raise DiskFull(f"Writing {path} failed: the disk is full. Free some space and run "
-                           "training again; it resumes from its last checkpoint.") from exc
-        raise
 
 
 @dataclass(frozen=True)
@@ -113,7 +40,9 @@ class Progress:
 
 def save_checkpoint(ckpt_root: Path, model: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, progress: Progress) -> Path:
-    from peft import get_peft_model_state_dict  # peft pulls in transformers: only when training
+    from peft import (
+        get_peft_model_state_dict,  # peft pulls in transformers: only when training
+    )
 
     dest = Path(ckpt_root) / f"step-{progress.step:08d}"
     with atomic_dir(dest, what=f"checkpoint of step {progress.step}") as tmp:
@@ -143,17 +72,17 @@ def prune(ckpt_root: Path, keep: int = KEEP_CHECKPOINTS) -> None:
     """Remove all but the newest `keep` checkpoints, and leftovers of interrupted writes."""
     root = Path(ckpt_root)
     for old in checkpoints(root)[:-keep]:
-        trash = root / f"{_TMP_PREFIX}{old.name}.trash"
+        trash = root / f"{TMP_PREFIX}{old.name}.trash"
         os.replace(old, trash)  # out of sight first: a kill during rmtree must not leave half a checkpoint
         shutil.rmtree(trash, ignore_errors=True)
     remove_leftovers(root)
 
 
 def remove_leftovers(directory: Path) -> None:
-    """Delete temporaries of writes that a kill interrupted (only this module's `.tmp-` names)."""
+    """Delete temporaries of writes that a kill interrupted (`distill.atomic`'s `.tmp-` names)."""
     directory = Path(directory)
     if directory.is_dir():
-        for leftover in directory.glob(f"{_TMP_PREFIX}*"):
+        for leftover in directory.glob(f"{TMP_PREFIX}*"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

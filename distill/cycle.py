@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from server.config import log_db_path, strop_home
 from server.errors import StropError
 from server.models import resolve
 
+from .atomic import write_json_atomic
 from .evaluate import EvalConfig, compare, write_report
 from .harvest import HarvestConfig, count_by_kind, harvest
 from .lock import CycleLock
@@ -36,6 +36,7 @@ from .records import EvalItem, LoggedContext, Prompt, read_jsonl, write_jsonl
 from .registry import Registry, repo_key
 from .sample import Sample, SampleConfig, sample
 from .split import SplitConfig, TrainText, split_repo
+from .tokenize import TrainExample
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,6 @@ class CycleOutcome:
 
 def _say(msg: str) -> None:
     print(f"strop distill: {msg}", file=sys.stderr, flush=True)
-
-
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def repo_stamp(repo: Path) -> dict:
@@ -124,7 +116,7 @@ class Cycle:
             break
         d = self.root / time.strftime("cycle-%Y%m%dT%H%M%S")
         d.mkdir()
-        _atomic_json(d / "state.json", {"stage": None, "started_at": time.time()})
+        write_json_atomic(d / "state.json", {"stage": None, "started_at": time.time()})
         return d
 
     @staticmethod
@@ -137,7 +129,7 @@ class Cycle:
     def _done(self, d: Path, stage: str, **extra) -> None:
         state = self._state(d)
         state.update(stage=stage, **extra)
-        _atomic_json(d / "state.json", state)
+        write_json_atomic(d / "state.json", state)
 
     # --- the cycle --------------------------------------------------------------------------------
     def run(self, *, force: bool = False) -> CycleOutcome:
@@ -151,7 +143,7 @@ class Cycle:
                 return CycleOutcome(self.root, skipped=True)
             d = self._open_cycle()
             outcome = self._run_stages(d)
-            _atomic_json(last, stamp)
+            write_json_atomic(last, stamp)
             return outcome
 
     def _run_stages(self, d: Path) -> CycleOutcome:
@@ -185,8 +177,8 @@ class Cycle:
             test = test[: cfg.max_eval_items - len(val)]
             write_jsonl(d / "validation.jsonl", val)
             write_jsonl(d / "test.jsonl", test)
-            _atomic_json(d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
-                                            "validation": len(val), "test": len(test), "stats": stats})
+            write_json_atomic(d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
+                                                 "validation": len(val), "test": len(test), "stats": stats})
             _say(f"split: {split.method}, {len(val)} validation / {len(test)} test items")
             timed("split", t0)
             t0 = time.perf_counter()
@@ -205,7 +197,7 @@ class Cycle:
             _say(f"sampling {len(prompts)} prompts × {cfg.sample.n_per_prompt} from {serving.version} "
                  f"(T={cfg.sample.temperature}, top-k {cfg.sample.top_k}, top-p {cfg.sample.top_p})")
             stats = sample(base_gguf, prompts, d / "samples.jsonl", cfg.sample, progress=self.progress)
-            _atomic_json(d / "sample_stats.json", stats.as_dict())
+            write_json_atomic(d / "sample_stats.json", stats.as_dict())
             _say(f"sample: kept {stats.kept}, dropped {dict(stats.dropped)}, {stats.tokens_per_s:.1f} tokens/s")
             timed("sample", t0)
 
@@ -221,7 +213,7 @@ class Cycle:
             _say(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
                  f"completions from {base_gguf.name}")
             result = train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
-            _atomic_json(d / "train.json", result.to_json())
+            write_json_atomic(d / "train.json", result.to_json())
             timed("train", t0)
 
         # 5. export
@@ -242,7 +234,7 @@ class Cycle:
                         metadata={"strop.parent": serving.version, "strop.cycle": d.name, "strop.repo": self.key})
             probes = [s.prefix[-400:] for s in read_jsonl(d / "samples.jsonl", Sample) if s.prefix.strip()][:4]
             check = roundtrip_check(model, tok, f16, probes or ["def main():\n    return "])
-            _atomic_json(d / "export.json", dataclasses.asdict(check) if dataclasses.is_dataclass(check) else check)
+            write_json_atomic(d / "export.json", dataclasses.asdict(check))
             if not check.passed:
                 raise StropError(f"the exported GGUF disagrees with the PyTorch model ({check}); not promoting.")
             quantize_gguf(f16, cand_gguf, cfg.quantization)
@@ -311,12 +303,10 @@ def unseen(items: list[EvalItem], seen: TrainText) -> list[EvalItem]:
     return [it for it in items if it.target not in seen]
 
 
-def training_examples(samples: list[Sample], prompts: list[Prompt]) -> list:
+def training_examples(samples: list[Sample], prompts: list[Prompt]) -> list[TrainExample]:
     """What the LoRA learns from: the model's own samples, raw (weight 1), and each completion a user
     accepted, as far as it was accepted, weighted by how much of it they kept (`logged_prompt`): an
     own sample, verified."""
-    from .tokenize import TrainExample
-
     examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
     examples += [TrainExample(p.prefix, p.suffix, p.reference, p.weight, p.path, p.language)
                  for p in prompts if p.source == "log" and p.reference.strip()]

@@ -13,17 +13,14 @@ model object in memory (no checkpoint on disk, no subprocess):
   serving finds the FIM format through them (server/fim.py);
 - `strop.*` keys carry free-form metadata (lineage, T_eval, ...).
 
-Files are written atomically (temp file in the target directory, fsync, rename).
+Files are written atomically (`distill.atomic`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from server.errors import DiskFull, ModelLoadError, ModelNotFound, StropError
+from distill.atomic import atomic_output
+from distill.tokenize import adds_bos
+from server.errors import ModelLoadError, ModelNotFound, StropError
 from server.fim import KNOWN_FORMATS, detect
 
 MetadataValue = str | int | float
@@ -46,44 +45,6 @@ _TOKENIZER_PREFIX = "tokenizer."
 
 class ExportError(StropError):
     """A model or tokenizer strop cannot write to GGUF (unsupported architecture, tokenizer, ...)."""
-
-
-# --- atomic output ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output(out_path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `out_path`; on success fsync it and rename it onto `out_path`.
-
-    On any failure the temp file is removed, so a crash or a full disk never leaves a partial file
-    under the final name. ENOSPC becomes DiskFull.
-    """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh unique name, not mkstemp: the writer creates the file with the usual umask-based mode.
-    tmp = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-        _fsync_dir(out_path.parent)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFull(
-                f"Cannot write {out_path}: the disk is full ({exc.strerror}). "
-                f"Free space on {out_path.parent} (or choose another output directory) and try again."
-            ) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -341,7 +302,7 @@ def _add_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, *, n_vocab: int) 
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
     probe = tokenizer("a")["input_ids"]
-    writer.add_add_bos_token(bool(probe) and probe[0] == bos and tokenizer.bos_token_id is not None)
+    writer.add_add_bos_token(adds_bos(tokenizer))  # the rule training lays prompts out with
     writer.add_add_eos_token(bool(probe) and probe[-1] == eos and len(probe) > 1)
     for key, tid in _special_ids(tokens).items():
         writer.add_uint32(key, tid)

@@ -23,7 +23,8 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from distill.export import _ARCHS, ExportError, _rope_permute, atomic_output
+from distill.atomic import atomic_output
+from distill.export import _ARCHS, ExportError, _rope_permute
 
 _PEFT_PREFIX = "base_model.model."
 

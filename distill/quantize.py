@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from distill.export import ExportError, atomic_output, validate_gguf
+from distill.atomic import atomic_output
+from distill.export import ExportError, validate_gguf
 from server.errors import DiskFull
 
 # Name → llama_cpp ftype constant name; the names are llama.cpp's `llama-quantize` type names.

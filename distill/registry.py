@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.atomic import TMP_PREFIX, fsync_dir, write_json_atomic
 from distill.lock import exclusive
 from server.config import registry_dir, strop_home
 from server.errors import DiskFull, ModelLoadError, ModelNotFound, StropError
@@ -56,7 +57,6 @@ LOAD_TIMEOUT_S = 180.0
 _RESERVED_KEYS = frozenset({"version", "created_at", "sha256", "size_bytes"})
 _VERSION_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{4})$")
 _CHUNK_BYTES = 1 << 20
-_TMP_PREFIX = ".tmp-"
 
 Progress = Callable[[int, int], None]
 """Called with (bytes_done, bytes_total) while a GGUF is copied or hashed."""
@@ -149,31 +149,6 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON so that readers see the old file or the new one, never a mix (temp + fsync + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)  # key order kept (the first metric is the headline); Paths as text
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_hashing(src: Path, dst: Path, progress: Progress | None) -> tuple[str, int]:
     """Copy and hash in one pass (hashing a multi-GB GGUF twice would double the wait)."""
     total = src.stat().st_size
@@ -236,14 +211,14 @@ def _pid_alive(pid: int) -> bool:
 
 def _tmp_prefix() -> str:
     # The host is part of the name: on a shared STROP_HOME, another machine's pids mean nothing here.
-    return f"{_TMP_PREFIX}{os.getpid()}-{safe_name(socket.gethostname())}-"
+    return f"{TMP_PREFIX}{os.getpid()}-{safe_name(socket.gethostname())}-"
 
 
 def _sweep_stale_tmp(parent: Path) -> None:
     """Remove `.tmp-<pid>-<host>-*` directories left by processes of this host that died writing them."""
     host = safe_name(socket.gethostname())
-    for tmp in parent.glob(f"{_TMP_PREFIX}*"):
-        pid_text, _, rest = tmp.name[len(_TMP_PREFIX):].partition("-")
+    for tmp in parent.glob(f"{TMP_PREFIX}*"):
+        pid_text, _, rest = tmp.name[len(TMP_PREFIX):].partition("-")
         if pid_text.isdigit() and rest.startswith(f"{host}-") and not _pid_alive(int(pid_text)):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -305,7 +280,7 @@ class _VersionWriter:
                 write_json_atomic(tmp / MANIFEST_NAME, body)
                 os.chmod(tmp, 0o755)
                 os.rename(tmp, final)  # fails if `final` exists (it is never empty)
-                _fsync_dir(self.parent)
+                fsync_dir(self.parent)
         except OSError as err:
             self._undo(tmp, gguf, renamed)
             if err.errno == errno.ENOSPC:

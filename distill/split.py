@@ -23,12 +23,12 @@ import os
 import random
 import re
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from distill.atomic import write_json_atomic
 from distill.harvest import (
     DEFAULT_MAX_PREFIX_CHARS,
     DEFAULT_MAX_SUFFIX_CHARS,
@@ -129,12 +129,7 @@ class Split:
         write_jsonl(out / "eval_items.jsonl", self.eval_items)
         meta = {"method": self.method, "cutoff_commit": self.cutoff_commit, "stats": self.stats,
                 "validation_frac": self.validation_frac}
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".split.json.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / "split.json")
+        write_json_atomic(out / "split.json", meta)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "Split":

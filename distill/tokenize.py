@@ -35,12 +35,6 @@ class TrainExample:
     language: str = ""
 
 
-def prompt_pieces(fmt: FimFormat | None, prefix: str, suffix: str, *, path: str = "",
-                  language: str = "") -> list[Piece]:
-    """The serving layout of a completion point (no repository snippets: training sees one file)."""
-    return layout(fmt, prefix, suffix, path=path, language=language)
-
-
 def adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts a BOS in front of text by default (llama.cpp follows the same
     GGUF flag when it tokenizes the served prompt)."""
@@ -118,7 +112,8 @@ def encode_prompt(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, *,
     bos = adds_bos(tokenizer)
 
     def ids(prefix: str, suffix: str) -> list[int]:
-        pieces = prompt_pieces(fmt, prefix, suffix, path=ex.path, language=ex.language)
+        # The serving layout, without repository snippets: training sees one file.
+        pieces = layout(fmt, prefix, suffix, path=ex.path, language=ex.language)
         return pieces_to_ids(tokenizer, pieces, bos=bos)
 
     def fits(prefix: str, suffix: str) -> bool:

@@ -24,9 +24,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distill.atomic import atomic_dir, write_json_atomic
 from distill.batches import collate, plan_steps, steps_per_epoch, target_tokens
-from distill.checkpoint import (Progress, atomic_dir, checkpoints, load_checkpoint, prune,
-                                remove_leftovers, save_checkpoint, write_json_atomic)
+from distill.checkpoint import (
+    Progress,
+    checkpoints,
+    load_checkpoint,
+    prune,
+    remove_leftovers,
+    save_checkpoint,
+)
 from distill.tokenize import IGNORE_INDEX, TrainExample, encode_example, end_of_text_id
 from server.errors import ModelLoadError, ModelNotFound, StropError
 from server.fim import FimFormat, detect
