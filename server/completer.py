@@ -168,6 +168,15 @@ class Completer:
         self.last_latency_ms = latency
         return Result(cid, cleaned.text, cleaned.text, "model", latency)
 
+    def warm(self, req: Request) -> None:
+        """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
+        if self.engine.model is None or check_request(req.text, req.offset, self.cfg):
+            return
+        ctx = self.build_context(req)
+        warm = getattr(self.engine, "warm", None)
+        if warm is not None:
+            warm(make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling()))
+
     def _finish(self, req: Request, cid: str, rest: str, full: str, source: str, t0: float) -> Result:
         latency = (time.perf_counter() - t0) * 1000
         self.last_latency_ms = latency

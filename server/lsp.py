@@ -107,6 +107,7 @@ class StropServer(LanguageServer):
         self.shadow: dict[str, str] = {}  # uri → last text (for change spans, retention and close)
         self.focus: dict[str, tuple[float, int]] = {}  # uri → (time, line) of the last edit
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.cursor: dict | None = None  # the last strop/didMoveCursor: {"uri", "line", "character"}
         self._watch_task: asyncio.Task | None = None
 
     # --- status -------------------------------------------------------------------------------
@@ -123,6 +124,8 @@ class StropServer(LanguageServer):
             "enabled": self.enabled,
             "message": self.message,
             "modelCalls": self.engine.model_calls,
+            "warmups": getattr(self.engine, "warmups", 0),
+            "cursor": self.cursor,
         }
 
     def _engine_state(self, state: str, message: str | None) -> None:
@@ -196,6 +199,17 @@ class StropServer(LanguageServer):
                 self.engine.load_async(resolved, done)
             except Exception:  # a broken registry must not stop serving
                 log.exception("registry watch failed")
+
+    def warm_up(self, uri: str, position: t.Position) -> None:
+        """Evaluate the prompt of a position ahead of the next keystroke (no generation)."""
+        if not self.enabled or self.completer is None or uri not in self.workspace.text_documents:
+            return
+        try:
+            req, _ = _request_from(self, uri, position, "warmup")
+        except BadRequest as err:
+            log.debug("no warm-up: %s", err)
+            return
+        self.completer.warm(req)
 
     # --- documents ----------------------------------------------------------------------------
     def relpath(self, uri: str) -> str:
@@ -430,6 +444,17 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
             ls.retention.track(cid, req.uri, ls.shadow.get(req.uri, ""), text[:chars], len(offered[1].prefix))
         if ls.completion_log is not None:
             ls.completion_log.mark_outcome(cid, "partial", chars)
+
+    @server.feature(protocol.DID_MOVE_CURSOR)
+    def did_move_cursor(ls: StropServer, params) -> None:
+        doc, pos = _arg(params, "textDocument"), _arg(params, "position")
+        uri = _arg(doc, "uri")
+        line, char = _arg(pos, "line"), _arg(pos, "character")
+        if not isinstance(uri, str) or not isinstance(line, int) or not isinstance(char, int) or line < 0 or char < 0:
+            log.debug("ignoring malformed %s: %r", protocol.DID_MOVE_CURSOR, params)
+            return
+        ls.cursor = {"uri": uri, "line": line, "character": char}
+        ls.warm_up(uri, t.Position(line, char))
 
     @server.feature(protocol.STATUS)
     def status(ls: StropServer, params) -> dict:

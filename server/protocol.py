@@ -9,9 +9,15 @@ small set, keyed by the completion id that every item carries in its accept comm
 DID_SHOW = "strop/didShowCompletion"
 DID_DISMISS = "strop/didDismissCompletion"
 DID_PARTIALLY_ACCEPT = "strop/didPartiallyAcceptCompletion"
+# Where the user is (LSP tells a server nothing about the cursor until a request). Sent by the
+# editor plugins on cursor moves (debounced) and idle moments. Params:
+# {"textDocument": {"uri": str}, "position": {"line": int, "character": int}} (negotiated encoding).
+# The server evaluates the prompt of that position ahead of the next keystroke (a warm-up).
+DID_MOVE_CURSOR = "strop/didMoveCursor"
 
 # Client → server requests.
-STATUS = "strop/status"  # → {"state", "model", "modelVersion", "fim", "lastLatencyMs", "enabled"}
+STATUS = "strop/status"  # → {"state", "model", "modelVersion", "fim", "lastLatencyMs", "enabled",
+#                           "modelCalls", "warmups", "cursor": {"uri", "line", "character"} | None, ...}
 STATS = "strop/stats"  # params {"json": true} → the same dict `strop stats --json` prints
 
 # Server → client notification, sent whenever the state, model or last latency changes.
