@@ -69,7 +69,7 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
     from distill.records import read_jsonl
     from distill.sample import Sample, _seed, dropped_path, sample
     from server import context as ctxmod
-    from server.engine import load_model, tokenize_pieces
+    from server.llama_model import load_model, tokenize_pieces
     from server.models import ResolvedModel
 
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,

@@ -36,7 +36,7 @@ from lsprotocol import types as t  # noqa: E402
 
 from server import context as ctxmod  # noqa: E402
 from server.config import ServeConfig  # noqa: E402
-from server.engine import load_model, tokenize_pieces  # noqa: E402
+from server.llama_model import load_model, tokenize_pieces  # noqa: E402
 from server.fim import Snippet, layout  # noqa: E402
 from server.models import ResolvedModel, embedded_default  # noqa: E402
 from tests.lsp_support import change_full, close_all_docs, inline, item_id, open_doc, rows, start, status  # noqa: E402

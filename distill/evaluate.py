@@ -18,7 +18,8 @@ from pathlib import Path
 
 from server import context as ctxmod
 from server.completer import clean_generation, make_job
-from server.engine import Engine, Sampling, tokenize_pieces
+from server.decode import InProcessEngine, Sampling
+from server.llama_model import tokenize_pieces
 from server.models import ResolvedModel
 
 from .records import EvalItem
@@ -84,7 +85,7 @@ class Evaluator:
     def __init__(self, model_path: Path, cfg: EvalConfig) -> None:
         self.cfg = cfg
         self.path = Path(model_path)
-        self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=os.cpu_count() or 1, n_gpu_layers=-1)
+        self.engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=os.cpu_count() or 1, n_gpu_layers=-1)
         self.engine.load(ResolvedModel(self.path, self.path.stem, self.path.stem, "flag"))
         self.model = self.engine.model
         self._ppl_llm = None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from server import context as ctxmod
 from server.completer import clean_generation, make_job
-from server.engine import Engine, Sampling
+from server.decode import InProcessEngine, Sampling
 from server.models import ResolvedModel
 
 from .records import Prompt, append_jsonl, read_jsonl
@@ -107,7 +107,7 @@ def dropped_path(out_path: Path) -> Path:
 
 
 def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
-           progress: bool = True, engine: Engine | None = None) -> SampleStats:
+           progress: bool = True, engine: InProcessEngine | None = None) -> SampleStats:
     """Append samples for every (prompt, index) not yet in `out_path` (kept) or its dropped file;
     return what happened."""
     import os
@@ -125,7 +125,7 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
         return stats
     own_engine = engine is None
     if engine is None:
-        engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
+        engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
         engine.load(ResolvedModel(Path(model_path), Path(model_path).stem, Path(model_path).stem, "flag"))
     model = engine.model
     budget = ctxmod.Budget(total_tokens=cfg.budget_tokens)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -90,8 +91,9 @@ def cmd_complete(args) -> int:
         raise StropError(f"--col {args.col} is outside line {args.line} (1..{len(lines[args.line - 1]) + 1}).")
     offset = sum(len(line) + 1 for line in lines[: args.line - 1]) + args.col - 1
     repo = (args.repo.resolve() if args.repo else None) or git_root(path.parent)
-    cfg = ServeConfig(repo_root=repo).with_env()
-    engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers)
+    # One cold completion: the whole context, not the interactive prompt budget.
+    cfg = replace(ServeConfig(repo_root=repo).with_env(), prompt_budget_ms=0)
+    engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, slots=1)
     resolved = resolve(args.model, repo)
     engine.load(resolved)
     clog = None if args.no_log else CompletionLog(log_db_path())
@@ -99,8 +101,10 @@ def cmd_complete(args) -> int:
     rel = str(path.relative_to(repo)) if repo and path.is_relative_to(repo) else path.name
     req = Request(uri=path.as_uri(), path=rel, language=LANGUAGE_BY_EXT.get(path.suffix, "plaintext"),
                   text=text, offset=offset, trigger="cli")
-    result = asyncio.run(completer.complete(req))
-    engine.close()
+    try:
+        result = asyncio.run(completer.complete(req))
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps({"id": result.id if result else None, "completion": result.insert_text if result else "",
                           "latency_ms": round(result.latency_ms, 1) if result else None,

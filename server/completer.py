@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from . import context as ctxmod
@@ -62,25 +62,37 @@ def check_request(text: str, offset: int, cfg: ServeConfig) -> str | None:
 class GenerationLimits(Protocol):
     max_new_tokens: int  # multi-line completions
     max_new_tokens_line: int  # single-line completions
-    time_cap_ms: int
+    time_cap_ms: int  # from the first token: an unfinished suggestion is given up
 
 
 def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, sampling: Sampling,
              multiline: bool | None = None) -> Job:
     """The engine job for a context, as serving, sampling and evaluation all run it: one line when
-    the cursor is mid-line, else a block that stops where `postprocess.generation_done` says."""
+    the cursor is mid-line, else a block that stops where `postprocess.generation_done` says.
+    Serving's limits also carry the soft prediction budget, token healing and speculation."""
     multiline = ctx.multiline if multiline is None else multiline
+    soft = getattr(limits, "predict_soft_ms", None)
     return Job(
         key=key, pieces=ctx.pieces, max_tokens=limits.max_new_tokens if multiline else limits.max_new_tokens_line,
-        single_line=not multiline, time_cap_ms=limits.time_cap_ms, sampling=sampling,
-        should_stop=(lambda text, head=ctx.line_head: postprocess.generation_done(text, head)) if multiline else None,
+        single_line=not multiline, sampling=sampling, block_head=ctx.line_head if multiline else None,
+        predict_soft_ms=soft if soft and soft > 0 else None, predict_hard_ms=limits.time_cap_ms,
+        heal=bool(getattr(limits, "heal", False)), speculative=bool(getattr(limits, "speculative", False)),
     )
 
 
 def clean_generation(gen: Generation, ctx: ctxmod.Context, suffix: str, multiline: bool) -> postprocess.Cleaned:
-    """The model's text after output hygiene; `suffix` is all the text after the cursor."""
-    return postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
-                             multiline=multiline, truncated=gen.stop_reason in ("max_tokens", "time"))
+    """The model's text after output hygiene; `suffix` is all the text after the cursor. A generation
+    cut by a cap keeps only whole lines/statements; a single line cut by a cap is no suggestion."""
+    truncated = not gen.complete
+    if truncated and not multiline:
+        return postprocess.Cleaned("", ("incomplete_line",))
+    cleaned = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
+                                multiline=multiline, truncated=truncated)
+    if truncated:
+        whole = postprocess.whole_statements(cleaned.text, ctx.line_head)
+        if whole != cleaned.text:
+            return postprocess.Cleaned(whole, cleaned.rules + ("incomplete_statement",))
+    return cleaned
 
 
 class Completer:
@@ -94,27 +106,63 @@ class Completer:
         self.cache = CompletionCache()
         self.shown: dict[str, tuple[Request, Shown]] = {}  # id → what was offered, for accept/retention
         self.last_latency_ms: float | None = None
-        self.sampling_override: Sampling | None = None
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
     def _count(self, text: str) -> int:
         return self.engine.count_tokens(text)
 
     def sampling(self) -> Sampling:
-        if self.sampling_override is not None:
-            return self.sampling_override
         model = self.engine.model
         dec = model.resolved.decoding if model else {}
         return Sampling(temperature=float(dec.get("temperature", self.cfg.temperature)),
                         top_k=int(dec.get("top_k", self.cfg.top_k)), top_p=float(dec.get("top_p", self.cfg.top_p)))
 
-    def build_context(self, req: Request) -> ctxmod.Context:
+    def full_budget_tokens(self) -> int:
+        """The whole context: the configured budget, or less when a warm-up of it would take longer
+        than `warm_budget_ms` at the prompt speed measured at load."""
+        tps = self.engine.speeds.get("prompt_tps") if self.cfg.warm_budget_ms > 0 else None
+        if not tps:
+            return self.cfg.budget_tokens
+        return max(256, min(self.cfg.budget_tokens, int(tps * self.cfg.warm_budget_ms / 1000)))
+
+    def cold_budget_tokens(self) -> int | None:
+        """Tokens a cold prompt may have so that evaluating it fits `prompt_budget_ms`, or None."""
+        tps = self.engine.speeds.get("prompt_tps")
+        if self.cfg.prompt_budget_ms <= 0 or not tps:
+            return None
+        return max(48, int(tps * self.cfg.prompt_budget_ms / 1000))
+
+    def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
         model = self.engine.model
-        budget = ctxmod.Budget(total_tokens=self.cfg.budget_tokens, prefix_share=self.cfg.prefix_share,
-                               extra_share=self.cfg.extra_share, chunk_lines=self.cfg.chunk_lines)
+        budget = ctxmod.Budget(total_tokens=total_tokens or self.full_budget_tokens(),
+                               prefix_share=self.cfg.prefix_share, extra_share=0.0 if cold else self.cfg.extra_share,
+                               chunk_lines=2 if cold else self.cfg.chunk_lines)
         return ctxmod.build(req.text, req.offset, fmt=model.fim if model else None, count=self._count,
-                            budget=budget, path=req.path, language=req.language, others=req.others,
-                            repo_name=self.repo_name)
+                            budget=budget, path=req.path, language=req.language,
+                            others=() if cold else req.others, repo_name=self.repo_name)
+
+    def plan(self, req: Request) -> tuple[ctxmod.Context, Job, ctxmod.Context | None]:
+        """The job for a request: the full context when the engine holds enough of it warm, else a
+        cold context cut to the prompt budget (and the full one, to warm up afterwards)."""
+        ctx = self.build_context(req)
+        job = make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
+        cold = self.cold_budget_tokens()
+        if cold is None:
+            return ctx, job, None
+        tokens = self.engine.tokenize(ctx.pieces)
+        fresh = len(tokens) - self.engine.cached_prefix(tokens)
+        if fresh <= cold:
+            return ctx, replace(job, tokens=tokens), None
+        small = self.build_context(req, total_tokens=cold, cold=True)
+        small_job = make_job(small, key=req.uri, limits=self.cfg, sampling=self.sampling())
+        return small, replace(small_job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), ctx
+
+    def warm(self, req: Request) -> None:
+        """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
+        if self.engine.model is None or check_request(req.text, req.offset, self.cfg):
+            return
+        ctx = self.build_context(req)
+        self.engine.warm(make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling()))
 
     async def complete(self, req: Request) -> Result | None:
         """A suggestion for the cursor, or None (nothing useful, superseded, or no model yet)."""
@@ -133,21 +181,27 @@ class Completer:
             source = "typed-through" if rest != shown.text else "cache"
             return self._finish(req, shown.id, rest, shown.text, source, t0)
 
-        if self.engine.model is None:
+        if self.engine.model is None and not await self._wait_for_model():
             return None
-        ctx = self.build_context(req)
+        ctx, job, full = self.plan(req)
         multiline = ctx.multiline
-        job = make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
         fut = self.engine.submit(job)
         try:
-            gen = await asyncio.wrap_future(fut)
+            # The engine owns its Future: shield it, so a cancelled request cannot cancel it.
+            gen = await asyncio.shield(asyncio.wrap_future(fut))
         except asyncio.CancelledError:
-            job.abort.set()  # $/cancelRequest: stop the model at its next token
+            self.engine.abort(req.uri)  # $/cancelRequest: stop the model at its next token
             raise
+        if full is not None:  # answered from a cold prompt: grow the context in the background
+            self.engine.warm(make_job(full, key=req.uri, limits=self.cfg, sampling=self.sampling()))
         if gen is None:
             return None
         cleaned = clean_generation(gen, ctx, suffix, multiline)
         if not cleaned.text.strip():
+            if not gen.complete:
+                log.info("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "
+                         "(%d tokens in %.0f ms)", req.path, req.text.count("\n", 0, req.offset) + 1, gen.stop_reason,
+                         "statement" if multiline else "line", len(gen.tokens), gen.gen_ms)
             return None
         cid = uuid.uuid4().hex
         latency = (time.perf_counter() - t0) * 1000
@@ -168,14 +222,13 @@ class Completer:
         self.last_latency_ms = latency
         return Result(cid, cleaned.text, cleaned.text, "model", latency)
 
-    def warm(self, req: Request) -> None:
-        """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
-        if self.engine.model is None or check_request(req.text, req.offset, self.cfg):
-            return
-        ctx = self.build_context(req)
-        warm = getattr(self.engine, "warm", None)
-        if warm is not None:
-            warm(make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling()))
+    async def _wait_for_model(self) -> bool:
+        """The first request may come before the model is loaded: wait for it, bounded."""
+        wait_s = self.cfg.first_request_wait_ms / 1000
+        if wait_s <= 0 or self.engine.load_error:
+            return False
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.engine.wait_ready, wait_s) and self.engine.model is not None
 
     def _finish(self, req: Request, cid: str, rest: str, full: str, source: str, t0: float) -> Result:
         latency = (time.perf_counter() - t0) * 1000

@@ -30,6 +30,10 @@ def registry_dir() -> Path:
     return strop_home() / "registry"
 
 
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Serving knobs. Units are in the names."""
@@ -38,13 +42,21 @@ class ServeConfig:
     n_ctx: int = 4096
     n_threads: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     n_gpu_layers: int = -1  # all layers on the GPU when llama.cpp was built with one; ignored on CPU
-    budget_tokens: int = 1536  # whole prompt
-    prefix_share: float = 0.6  # of the local (current file) budget, for text before the cursor
+    budget_tokens: int = 2048  # whole prompt, at most (warm); see warm_budget_ms
+    prefix_share: float = 0.75  # of the local (current file) budget, for text before the cursor
     extra_share: float = 0.25  # of the whole budget, for snippets of other open documents
     chunk_lines: int = 32  # prefix window start moves in steps of this many lines (keeps the KV cache)
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
-    time_cap_ms: int = 1500  # generation stops after this, keeping what it has
+    # Budgets, as llama.vim's t_max_prompt_ms / t_max_predict_ms: reading and writing apart.
+    prompt_budget_ms: int = 600  # new prompt tokens evaluated on a keystroke; a colder prompt is cut to fit (0: off)
+    warm_budget_ms: int = 8000  # the full context is sized so that a background warm-up takes at most this
+    predict_soft_ms: int = 250  # from the first token: then stop at the next whole line/statement
+    time_cap_ms: int = 1500  # from the first token: a suggestion still unfinished then is dropped, not cut
+    first_request_wait_ms: int = 5000  # a request that arrives while the model loads waits this long
+    warm_slots: int = 4  # KV states kept (documents/positions that stay warm)
+    speculative: bool = True  # prompt-lookup drafts, verified in one batch (greedy decoding only)
+    heal: bool = True  # token healing at the cursor
     temperature: float = 0.0  # greedy unless the promoted model ships a tuned T_eval
     top_k: int = 20
     top_p: float = 0.95
@@ -61,7 +73,9 @@ class ServeConfig:
         for name, cast in (
             ("n_ctx", int), ("n_threads", int), ("n_gpu_layers", int), ("budget_tokens", int),
             ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float), ("registry_poll_s", float),
-            ("retention_after_s", float),
+            ("retention_after_s", float), ("prompt_budget_ms", int), ("warm_budget_ms", int), ("predict_soft_ms", int),
+            ("first_request_wait_ms", int), ("warm_slots", int), ("speculative", _flag), ("heal", _flag),
+            ("prefix_share", float),
         ):
             key = f"STROP_{name.upper()}"
             if key in env:

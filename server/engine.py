@@ -1,179 +1,175 @@
-"""The engine: one thread owns the llama.cpp context; the newest request per document wins.
+"""The engine, LSP side: a supervised worker process runs the model; the newest request per
+document wins; warm-ups fill idle time.
 
-- The model never runs on the event loop: jobs go to a worker thread through `submit()`.
+- llama.cpp runs in server/worker.py. This process loads only the vocabulary (to tokenize and count),
+  so a native crash in the model costs at most the request in flight: the worker is restarted with
+  backoff, and the server says so once.
+- At first load the worker runs a canary decode (server/canary.py); a crash there moves to the next
+  settings (no extra buffer types, i.e. no AMX/repacked kernels) and the verdict is remembered. Crashes
+  that keep coming while serving move to the fallback settings too.
 - A job still waiting when a newer one for the same document arrives is answered `None` at once
-  (superseded) without touching the model; a running one is stopped at its next token.
-- Prompts are token sequences built from `server.fim` pieces: specials by id, text tokenized with
-  special parsing off. llama-cpp-python's `suffix=` infill path is not used (it builds wrong ids).
-- `Llama.generate` reuses the longest common token prefix of the previous call (the KV cache).
-- A new model (a promotion) is loaded beside the old one and swapped in between jobs; a model that
-  fails to load is never swapped in.
+  (superseded) without touching the model; a running one is aborted at its next token or chunk.
+- Warm-ups (`warm()`) evaluate a prompt with no generation; they run only when no request waits and
+  give way to any request (an aborted warm-up keeps what it evaluated).
+- The engine owns its Futures: callers must not cancel them (the completer shields them); they
+  are resolved exactly once.
+- A new model (a promotion) is loaded in a new worker beside the old one and swapped in between
+  jobs; a model that fails to load is never swapped in.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from pathlib import Path
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
+from multiprocessing.connection import Connection
 
+from . import canary as canarymod
+from .decode import Generation, Job, Sampling, common_prefix
 from .errors import ModelLoadError
-from .fim import FimFormat, Piece, Special, detect
+from .fim import Piece
+from .llama_model import LoadedModel, PieceTokenCache, load_vocab, tokenize_pieces
 from .models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Engine", "Generation", "Job", "Sampling", "WorkerCrashed"]
 
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0
-    top_k: int = 20
-    top_p: float = 0.95
-    seed: int | None = None
-
-
-@dataclass
-class Job:
-    key: str  # supersession key: the document
-    pieces: Sequence[Piece]
-    max_tokens: int
-    single_line: bool
-    time_cap_ms: int
-    sampling: Sampling = Sampling()
-    # Checked after every generated line; True stops generation (e.g. the block has ended).
-    should_stop: Callable[[str], bool] | None = None
-    abort: threading.Event = field(default_factory=threading.Event)
+LOAD_TIMEOUT_S = 300.0
+CRASH_WINDOW_S = 120.0
+CRASHES_BEFORE_FALLBACK = 3
+MAX_RESTARTS = 6  # in a row without a successful load
 
 
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    tokens: tuple[int, ...]
-    n_prompt_tokens: int
-    n_reused_tokens: int
-    prompt_ms: float
-    gen_ms: float
-    stop_reason: str  # eog | newline | block | time | max_tokens | aborted
-    model_version: str
+class WorkerCrashed(Exception):
+    """The model process died (a signal or an exit) while loading or running."""
 
 
-@dataclass
-class LoadedModel:
-    llm: object  # llama_cpp.Llama
-    resolved: ResolvedModel
-    fim: FimFormat | None
-    stop_ids: frozenset[int]
-    special_ids: dict[str, int]
-    add_bos: bool
-    bos_id: int
-    n_ctx: int
-    pieces: dict[int, bytes] = field(default_factory=dict)
-
-    def piece(self, token: int) -> bytes:
-        """The bytes of one token (memoised; llama-cpp-python's wrapper returns a NUL-padded buffer)."""
-        got = self.pieces.get(token)
-        if got is None:
-            import ctypes
-
-            import llama_cpp
-
-            size = 64
-            while True:
-                buf = ctypes.create_string_buffer(size)
-                n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
-                if n >= 0:
-                    break
-                size = -n
-            got = self.pieces[token] = buf.raw[:n]
-        return got
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "it stopped answering"
+    if code < 0:
+        try:
+            return f"it was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"it was killed by signal {-code}"
+    return f"it exited with status {code}"
 
 
-def load_model(resolved: ResolvedModel, *, n_ctx: int, n_threads: int, n_gpu_layers: int) -> LoadedModel:
-    """Load a GGUF into llama.cpp and read its FIM convention from the vocabulary and metadata."""
-    import llama_cpp
+class WorkerHandle:
+    """One worker process and its connection."""
 
-    path = Path(resolved.path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist.")
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # stdout of the worker goes to our stderr: llama.cpp may print, and stdout may carry LSP.
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.worker", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                     stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None, env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self._send_lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, msg) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(msg)
+        except (OSError, ValueError) as err:
+            raise WorkerCrashed(self._why()) from err
+
+    def recv(self, timeout: float | None = None):
+        try:
+            if timeout is not None and not self.conn.poll(timeout):
+                raise WorkerCrashed("it did not answer in time")
+            return self.conn.recv()
+        except (EOFError, OSError) as err:
+            raise WorkerCrashed(self._why()) from err
+
+    def _why(self) -> str:
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        return describe_exit(code)
+
+    def load(self, resolved: ResolvedModel, settings: dict, options: dict) -> dict:
+        self.send(("load", resolved, settings, options))
+        msg = self.recv(LOAD_TIMEOUT_S)
+        if msg[0] == "load_error":
+            raise ModelLoadError(msg[1])
+        return msg[1]
+
+    def run(self, job: Job) -> tuple[Generation | None, list]:
+        self.send(("job", job))
+        while True:
+            msg = self.recv()
+            if msg[0] == "result" and msg[1] == job.id:
+                return msg[2], msg[3]
+
+    def abort(self, job_id: int) -> None:
+        try:
+            self.send(("abort", job_id))
+        except WorkerCrashed:
+            pass  # the run() waiting on it reports the crash
+
+    def close(self) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(("exit",))
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+def _has_fileno(stream) -> bool:
     try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                              n_gpu_layers=n_gpu_layers, n_batch=512, verbose=False)
-    except (ValueError, RuntimeError, OSError) as err:
-        raise ModelLoadError(
-            f"llama.cpp could not load {path} ({err}). The file may be truncated or corrupt, or not a GGUF "
-            "model: re-download or re-import it, or pass another --model.") from err
-    # llama-cpp-python exposes the vocabulary only through its internal model wrapper.
-    vocab = llm._model.vocab
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-    table = {}
-    for tok in range(n_vocab):
-        if llama_cpp.llama_vocab_get_attr(vocab, tok) & ~1:  # not a plain normal token: control/user-defined
-            table[llm._model.token_get_text(tok)] = tok
-    fim_ids = {k: getattr(llama_cpp, f"llama_vocab_fim_{k}")(vocab) for k in ("pre", "suf", "mid", "pad", "rep", "sep")}
-    fmt = detect(table, fim_ids)
-    stops = {t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-    if fmt is not None:
-        stops |= {table[s] for s in fmt.stop if s in table}
-        stops |= {table[s] for s in (fmt.prefix, fmt.suffix, fmt.middle) if s in table}
-    return LoadedModel(
-        llm=llm, resolved=resolved, fim=fmt, stop_ids=frozenset(stops), special_ids=table,
-        add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)), bos_id=llama_cpp.llama_vocab_bos(vocab),
-        n_ctx=llm.n_ctx(),
-    )
-
-
-def tokenize_pieces(model: LoadedModel, pieces: Sequence[Piece], cache: dict | None = None) -> list[int]:
-    """The exact token sequence strop sends to the model for a prompt layout."""
-    llm = model.llm
-    ids: list[int] = [model.bos_id] if model.add_bos and model.bos_id >= 0 else []
-    for piece in pieces:
-        if isinstance(piece, Special):
-            ids.append(model.special_ids[piece.token])
-            continue
-        got = cache.get(piece) if cache is not None else None
-        if got is None:
-            got = llm.tokenize(piece.encode("utf-8", "surrogatepass"), add_bos=False, special=False)
-            if cache is not None:
-                cache[piece] = got
-        ids.extend(got)
-    return ids
-
-
-class PieceTokenCache(OrderedDict):
-    """Piece text → token ids. Most pieces repeat from one keystroke to the next."""
-
-    def __init__(self, capacity: int = 128) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def get(self, key, default=None):  # type: ignore[override]
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class Engine:
-    def __init__(self, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
+    def __init__(self, *, n_ctx: int, n_threads: int, n_gpu_layers: int, slots: int = 4,
                  on_state: Callable[[str, str | None], None] | None = None) -> None:
-        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
-        self.model: LoadedModel | None = None
+        self.n_ctx, self.n_threads, self.n_gpu_layers, self.slots = n_ctx, n_threads, n_gpu_layers, slots
+        self.model: LoadedModel | None = None  # the vocabulary of the model in service
         self.load_error: str | None = None
         self.model_calls = 0  # generations actually run (tests and benchmarks count these)
+        self.warmups = 0  # warm-up evaluations run to completion
+        self.crashes: list[tuple[float, str]] = []  # (time, why) of worker crashes
+        self.settings: dict = {}  # llama.cpp settings in use (canary verdict)
+        self.fallback_reason: str | None = None
+        self.speeds: dict = {}  # prompt_tps / gen_tps measured at load
+        self.worker_pid: int | None = None
         self._on_state = on_state or (lambda state, msg: None)
         self._cv = threading.Condition()
         self._pending: OrderedDict[str, tuple[Job, Future]] = OrderedDict()
+        self._warm: OrderedDict[str, Job] = OrderedDict()
         self._running: Job | None = None
-        self._next_model: LoadedModel | None = None
+        self._worker: WorkerHandle | None = None
+        self._resolved: ResolvedModel | None = None
+        self._next: tuple | None = None
+        self._cached: list[tuple[int, ...]] = []
+        self._ids = 0
         self._stopped = False
         self._ready = threading.Event()
         self._piece_cache = PieceTokenCache()
@@ -181,11 +177,56 @@ class Engine:
         self._thread.start()
 
     # --- model lifecycle ----------------------------------------------------------------------
+    def _options(self) -> dict:
+        return {"n_ctx": self.n_ctx, "n_threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers,
+                "slots": self.slots}
+
+    def _spawn(self, resolved: ResolvedModel, settings_list: Sequence[dict] | None = None):
+        """A worker with `resolved` loaded and its canary passed: (handle, info, settings, failures)."""
+        key = canarymod.verdict_key(resolved.path, self.n_gpu_layers)
+        tries = list(settings_list) if settings_list else canarymod.candidates_for(key)
+        failures: list[str] = []
+        for settings in tries:
+            handle = WorkerHandle()
+            try:
+                info = handle.load(resolved, settings, self._options())
+            except WorkerCrashed as crash:
+                handle.close()
+                failures.append(f"{_describe(settings)}: {crash}")
+                log.warning("llama.cpp crashed in the canary decode with %s (%s); trying the next settings",
+                            _describe(settings), crash)
+                continue
+            except ModelLoadError:
+                handle.close()
+                raise
+            if failures or settings_list is None:
+                canarymod.record(key, resolved.path, settings, failures, info.get("speeds", {}))
+            return handle, info, settings, failures
+        raise ModelLoadError(
+            f"llama.cpp crashes on this machine with {resolved.path} under every setting tried "
+            f"({'; '.join(failures)}). Run `strop doctor` for the build and CPU details; a llama-cpp-python "
+            "built without the failing CPU feature (e.g. CMAKE_ARGS=\"-DGGML_NATIVE=OFF\") avoids it.")
+
+    def _load(self, resolved: ResolvedModel):
+        t0 = time.perf_counter()
+        vocab = load_vocab(resolved, n_ctx=self.n_ctx)
+        try:
+            handle, info, settings, failures = self._spawn(resolved)
+        except BaseException:
+            vocab.close()
+            raise
+        vocab.n_ctx = info.get("n_ctx", vocab.n_ctx)
+        log.info("loaded %s (%s, fim=%s) in %.2fs; prompt %.0f tok/s, generation %.0f tok/s%s", resolved.path,
+                 resolved.version, vocab.fim.name if vocab.fim else None, time.perf_counter() - t0,
+                 info["speeds"].get("prompt_tps", 0), info["speeds"].get("gen_tps", 0),
+                 f"; fallback settings {_describe(settings)} after: {'; '.join(failures)}" if failures else "")
+        return vocab, handle, info, settings, failures
+
     def load(self, resolved: ResolvedModel) -> None:
         """Load synchronously (startup, CLI). Raises ModelLoadError."""
         loaded = self._load(resolved)
         with self._cv:
-            self._next_model = loaded
+            self._next = (resolved, *loaded)
             self._cv.notify_all()
         self._ready.wait(timeout=60)
 
@@ -204,19 +245,12 @@ class Engine:
                     done(False, str(err))
                 return
             with self._cv:
-                self._next_model = loaded
+                self._next = (resolved, *loaded)
                 self._cv.notify_all()
             if done:
                 done(True, None)
 
         threading.Thread(target=work, name="strop-model-load", daemon=True).start()
-
-    def _load(self, resolved: ResolvedModel) -> LoadedModel:
-        t0 = time.perf_counter()
-        loaded = load_model(resolved, n_ctx=self.n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers)
-        log.info("loaded %s (%s, fim=%s) in %.2fs", resolved.path, resolved.version,
-                 loaded.fim.name if loaded.fim else None, time.perf_counter() - t0)
-        return loaded
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
@@ -225,134 +259,210 @@ class Engine:
         with self._cv:
             self._stopped = True
             for job, fut in self._pending.values():
-                fut.set_result(None)
+                _resolve(fut, None)
             self._pending.clear()
-            if self._running:
-                self._running.abort.set()
+            self._warm.clear()
+            worker, running = self._worker, self._running
             self._cv.notify_all()
-        self._thread.join(timeout=10)
+        if worker is not None:
+            if running is not None:
+                worker.abort(running.id)
+            worker.close()
+        self._thread.join(timeout=5)
+        with self._cv:
+            nxt, self._next = self._next, None
+        if nxt is not None:
+            nxt[2].close()
 
     # --- requests -----------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         model = self.model
         if model is None:
             return max(1, len(text) // 3)
-        return len(model.llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
+        return len(model.tokenize(text))
+
+    def tokenize(self, pieces: Sequence[Piece]) -> list[int]:
+        return tokenize_pieces(self.model, pieces, self._piece_cache)
+
+    def cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading tokens of `tokens` the worker holds in one of its KV states."""
+        return max((common_prefix(c, tokens) for c in self._cached), default=0)
+
+    def _prepare(self, job: Job) -> Job:
+        with self._cv:
+            self._ids += 1
+            job_id = self._ids
+        tokens = job.tokens if job.tokens is not None else (self.tokenize(job.pieces) if self.model else [])
+        return replace(job, tokens=tokens, pieces=(), id=job_id)
 
     def submit(self, job: Job) -> Future:
         """Queue a job; resolves to a Generation, or None when superseded, aborted or shut down."""
         fut: Future = Future()
+        if self._stopped or self.model is None:
+            fut.set_result(None)
+            return fut
+        job = self._prepare(job)
         with self._cv:
-            if self._stopped:
+            if self._stopped or not job.tokens:  # an empty prompt: nothing to continue, no model call
+                old = self._pending.pop(job.key, None)
+                if old is not None:
+                    _resolve(old[1], None)
                 fut.set_result(None)
                 return fut
             old = self._pending.pop(job.key, None)
             if old is not None:
-                old[1].set_result(None)  # superseded before it ran: no model call
-            if self._running is not None and self._running.key == job.key:
-                self._running.abort.set()
+                _resolve(old[1], None)  # superseded before it ran: no model call
+            running = self._running
+            if running is not None and (running.key == job.key or running.warm_only) and self._worker:
+                self._worker.abort(running.id)
             self._pending[job.key] = (job, fut)
             self._cv.notify_all()
         return fut
 
+    def warm(self, job: Job) -> None:
+        """Evaluate a prompt ahead of time, when the engine would otherwise be idle."""
+        if self._stopped or self.model is None:
+            return
+        job = self._prepare(replace(job, warm_only=True, heal=False))
+        if not job.tokens or self.cached_prefix(job.tokens) >= len(job.tokens) - 1:
+            return  # already warm
+        with self._cv:
+            self._warm.pop(job.key, None)
+            self._warm[job.key] = job
+            while len(self._warm) > max(1, self.slots):
+                self._warm.popitem(last=False)
+            running = self._running
+            if running is not None and running.warm_only and running.key == job.key and self._worker:
+                self._worker.abort(running.id)  # a newer position of the same document
+            self._cv.notify_all()
+
+    def abort(self, job_key: str) -> None:
+        """Stop the running job of a document (cancellation)."""
+        with self._cv:
+            running = self._running
+            if running is not None and running.key == job_key and self._worker:
+                self._worker.abort(running.id)
+
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stopped and not self._pending and self._next_model is None:
+                while not self._stopped and not self._pending and not self._warm and self._next is None:
                     self._cv.wait()
                 if self._stopped:
                     return
-                if self._next_model is not None:
-                    old, self.model, self._next_model = self.model, self._next_model, None
-                    self._piece_cache.clear()
-                    self.load_error = None
-                    self._ready.set()
-                    self._on_state("idle", None)
-                    if old is not None:
-                        old.llm.close()
+                if self._next is not None:
+                    self._swap_locked()
                     continue
-                key, (job, fut) = self._pending.popitem(last=False)
-                if job.abort.is_set() or fut.done():
-                    if not fut.done():
-                        fut.set_result(None)
+                if self._pending:
+                    key, (job, fut) = self._pending.popitem(last=False)
+                else:
+                    key, job = self._warm.popitem(last=True)
+                    fut = None
+                worker = self._worker
+                if worker is None:
+                    if fut is not None:
+                        _resolve(fut, None)
                     continue
                 self._running = job
-            try:
-                if self.model is None:
-                    fut.set_result(None)
-                    continue
+            if fut is not None:
+                self.model_calls += 1
                 self._on_state("working", None)
-                result = self.generate(self.model, job)
-                fut.set_result(result)
+            try:
+                gen, cached = worker.run(job)
+                self._cached = cached
+                if job.warm_only and gen is not None and gen.stop_reason == "warm":
+                    self.warmups += 1
+                if fut is not None:
+                    _resolve(fut, gen)
+            except WorkerCrashed as crash:
+                if fut is not None:
+                    _resolve(fut, None)
+                self._recover(worker, str(crash))
             except Exception as err:  # one failing request must never take the engine down
                 log.exception("generation failed")
-                if not fut.done():
-                    fut.set_exception(err)
+                if fut is not None and not fut.done():
+                    try:
+                        fut.set_exception(err)
+                    except InvalidStateError:
+                        pass
             finally:
                 with self._cv:
                     self._running = None
                     idle = not self._pending
-                if idle:
+                if idle and fut is not None:
                     self._on_state("idle", None)
 
-    def generate(self, model: LoadedModel, job: Job) -> Generation | None:
-        """Run one job on `model` in the calling thread; None when the prompt is empty or the job
-        was aborted."""
-        llm = model.llm
-        tokens = tokenize_pieces(model, job.pieces, self._piece_cache)
-        if not tokens:  # e.g. the start of a file for a model that adds no BOS: nothing to continue
-            return None
-        room = model.n_ctx - job.max_tokens - 1
-        if len(tokens) > room:
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1:] if model.add_bos else tokens[-room:]
-        reused = 0
-        for a, b in zip(llm._input_ids[: llm.n_tokens], tokens):  # what generate() will reuse
-            if a != b:
-                break
-            reused += 1
-        self.model_calls += 1
-        t0 = time.perf_counter()
-        t_first = None
-        out: list[int] = []
-        text_bytes = b""
-        stop_reason = "max_tokens"
-        s = job.sampling
-        newline = llm.token_nl()
-        if s.seed is not None:
-            llm.set_seed(s.seed)
-        gen = llm.generate(tokens, temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0,
-                           repeat_penalty=1.0, reset=True)
-        try:
-            for tok in gen:
-                now = time.perf_counter()
-                if t_first is None:
-                    t_first = now
-                if job.abort.is_set():
-                    return None
-                if tok in model.stop_ids:
-                    stop_reason = "eog"
-                    break
-                out.append(tok)
-                # One piece per token (detokenizing with the whole history would be O(prompt) per token).
-                text_bytes += model.piece(tok)
-                if tok == newline or b"\n" in text_bytes[-8:]:
-                    if job.single_line:
-                        stop_reason = "newline"
-                        break
-                    if job.should_stop is not None and job.should_stop(text_bytes.decode("utf-8", "ignore")):
-                        stop_reason = "block"
-                        break
-                if len(out) >= job.max_tokens:
-                    break
-                if (now - t0) * 1000 >= job.time_cap_ms:
-                    stop_reason = "time"
-                    break
-        finally:
-            gen.close()
-        t_end = time.perf_counter()
-        t_first = t_first or t_end
-        return Generation(
-            text=text_bytes.decode("utf-8", "ignore"), tokens=tuple(out), n_prompt_tokens=len(tokens),
-            n_reused_tokens=reused, prompt_ms=(t_first - t0) * 1000, gen_ms=(t_end - t_first) * 1000,
-            stop_reason=stop_reason, model_version=model.resolved.version,
-        )
+    def _swap_locked(self) -> None:
+        resolved, vocab, handle, info, settings, failures = self._next
+        self._next = None
+        old_model, old_worker = self.model, self._worker
+        self.model, self._worker, self._resolved = vocab, handle, resolved
+        self.settings, self.speeds, self.worker_pid = settings, info.get("speeds", {}), info.get("pid")
+        self.fallback_reason = "; ".join(failures) if failures else None
+        self._cached = []
+        self._piece_cache.clear()
+        self.load_error = None
+        self._ready.set()
+        self._on_state("idle", None)
+        if old_worker is not None:
+            old_worker.close()
+        if old_model is not None:
+            old_model.close()
+
+    def _recover(self, dead: WorkerHandle, why: str) -> None:
+        """The worker died: restart it (with backoff), on fallback settings when crashes keep coming."""
+        now = time.monotonic()
+        self.crashes.append((now, why))
+        dead.close()
+        recent = [t for t, _ in self.crashes if now - t < CRASH_WINDOW_S]
+        settings = dict(self.settings)
+        if len(recent) >= CRASHES_BEFORE_FALLBACK and settings.get("use_extra_bufts", True):
+            settings["use_extra_bufts"] = False
+            self.fallback_reason = f"{len(recent)} crashes in {CRASH_WINDOW_S:.0f} s ({why})"
+        message = (f"the model process crashed ({why}); the request in flight got no suggestion. "
+                   "Restarting it.")
+        log.error("%s", message)
+        self._on_state("restarting", message)
+        for attempt in range(MAX_RESTARTS):
+            if self._stopped:
+                return
+            time.sleep(min(10.0, 0.25 * (2 ** attempt)))
+            try:
+                handle, info, used, failures = self._spawn(self._resolved, [settings] + [
+                    c for c in canarymod.CANDIDATES if c != settings])
+            except ModelLoadError as err:
+                log.error("restart failed: %s", err)
+                continue
+            with self._cv:
+                if self._stopped:
+                    handle.close()
+                    return
+                self._worker, self.settings, self.worker_pid = handle, used, info.get("pid")
+                self.speeds = info.get("speeds", self.speeds)
+                self._cached = []
+            if used.get("use_extra_bufts", True) is False and self.fallback_reason:
+                canarymod.record(canarymod.verdict_key(self._resolved.path, self.n_gpu_layers), self._resolved.path,
+                                 used, [self.fallback_reason], self.speeds)
+            log.info("the model process is back (pid %s, settings %s)", handle.pid, _describe(used))
+            self._on_state("idle", None)
+            return
+        with self._cv:
+            self._worker = None
+            for job, fut in self._pending.values():
+                _resolve(fut, None)
+            self._pending.clear()
+        self.load_error = f"the model process keeps crashing ({why}); completions are off. See `strop doctor`."
+        self._on_state("error", self.load_error)
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "defaults"
+
+
+def _resolve(fut: Future, value) -> None:
+    """Resolve a Future exactly once, whatever its caller did with it."""
+    try:
+        if not fut.done():
+            fut.set_result(value)
+    except InvalidStateError:
+        pass

@@ -95,7 +95,8 @@ class StropServer(LanguageServer):
         super().__init__("strop", __version__, protocol_cls=StropProtocol)
         self.cfg = cfg
         self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-                             on_state=self._engine_state)
+                             slots=cfg.warm_slots, on_state=self._engine_state)
+        self._told_crash = False
         self.completion_log: CompletionLog | None = None
         self.completer: Completer | None = None
         self.retention = RetentionTracker(after_s=cfg.retention_after_s, after_changes=cfg.retention_after_edits)
@@ -108,6 +109,7 @@ class StropServer(LanguageServer):
         self.focus: dict[str, tuple[float, int]] = {}  # uri → (time, line) of the last edit
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cursor: dict | None = None  # the last strop/didMoveCursor: {"uri", "line", "character"}
+        self.deferred_warm: tuple[str, t.Position] | None = None
         self._watch_task: asyncio.Task | None = None
 
     # --- status -------------------------------------------------------------------------------
@@ -124,12 +126,27 @@ class StropServer(LanguageServer):
             "enabled": self.enabled,
             "message": self.message,
             "modelCalls": self.engine.model_calls,
-            "warmups": getattr(self.engine, "warmups", 0),
+            "warmups": self.engine.warmups,
             "cursor": self.cursor,
+            "workerPid": self.engine.worker_pid,
+            "crashes": len(self.engine.crashes),
+            "llamaSettings": self.engine.settings,
+            "promptTokensPerS": self.engine.speeds.get("prompt_tps"),
+            "genTokensPerS": self.engine.speeds.get("gen_tps"),
         }
 
     def _engine_state(self, state: str, message: str | None) -> None:
         """Called from the engine thread."""
+        if state == "restarting":  # the model process crashed: say so once, keep serving
+            self.message = message
+            if not self._told_crash and self.loop is not None and not self.loop.is_closed():
+                self._told_crash = True
+                self.loop.call_soon_threadsafe(self._show, t.MessageType.Warning, f"strop: {message}")
+            state = "loading"
+        elif state == "idle" and self.message and self.engine.model is not None and self.state == "loading":
+            self.message = None
+        if state == "idle" and self.deferred_warm is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._warm_deferred)
         if state == "error":
             self.message = message
         elif state == "idle" and self.state == "error" and self.engine.model is not None:
@@ -145,6 +162,18 @@ class StropServer(LanguageServer):
             self.protocol.notify(protocol.STATUS_CHANGED, self.status())
         except Exception:  # no client attached yet / transport closed
             log.debug("status not sent", exc_info=True)
+
+    def _warm_deferred(self) -> None:
+        pending, self.deferred_warm = self.deferred_warm, None
+        if pending is not None:
+            self.warm_up(*pending)
+
+    def _show(self, kind: t.MessageType, text: str) -> None:
+        try:
+            self.window_show_message(t.ShowMessageParams(kind, text))
+        except Exception:
+            log.debug("showMessage not sent", exc_info=True)
+        self._publish_status()
 
     def error_to_user(self, err: Exception) -> None:
         self.state, self.message = "error", str(err)
@@ -203,6 +232,9 @@ class StropServer(LanguageServer):
     def warm_up(self, uri: str, position: t.Position) -> None:
         """Evaluate the prompt of a position ahead of the next keystroke (no generation)."""
         if not self.enabled or self.completer is None or uri not in self.workspace.text_documents:
+            return
+        if self.engine.model is None:  # still loading: warm it once the model is there
+            self.deferred_warm = (uri, position)
             return
         try:
             req, _ = _request_from(self, uri, position, "warmup")
@@ -329,8 +361,15 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
 
     @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: StropServer, params: t.DidOpenTextDocumentParams) -> None:
-        ls.shadow[params.text_document.uri] = params.text_document.text
-        ls.focus[params.text_document.uri] = (time.monotonic(), 0)
+        uri = params.text_document.uri
+        ls.shadow[uri] = params.text_document.text
+        ls.focus[uri] = (time.monotonic(), 0)
+        # Until the editor reports the cursor (strop/didMoveCursor), warm the end of the document,
+        # where code is most often added.
+        doc = ls.workspace.text_documents.get(uri)
+        if doc is not None and doc.lines:
+            last = len(doc.lines) - 1
+            ls.warm_up(uri, t.Position(last, len(doc.lines[last].rstrip("\r\n").encode("utf-16-le")) // 2))
 
     @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: StropServer, params: t.DidChangeTextDocumentParams) -> None:

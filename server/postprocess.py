@@ -177,6 +177,51 @@ def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
     return text
 
 
+def bracket_depth(text: str) -> int:
+    """Open brackets left by `text`, outside string literals of one line (a cheap, language-agnostic
+    reading: good enough to tell a finished statement from one that continues)."""
+    depth = 0
+    for line in text.split("\n"):
+        quote: str | None = None
+        for i, ch in enumerate(line):
+            if quote:
+                if ch == quote and line[i - 1] != "\\":
+                    quote = None
+            elif ch in "\"'`":
+                quote = ch
+            elif ch == "#" and depth == 0:
+                break
+            elif ch in OPENERS:
+                depth += 1
+            elif ch in CLOSERS:
+                depth -= 1
+    return depth
+
+
+CONTINUATION_ENDINGS = ("\\", ",", "+", "-", "*", "/", "=", "&&", "||", " and", " or", ".")
+
+
+def statement_complete(text: str, line_head: str) -> bool:
+    """Does `text` (written after `line_head`) end on a whole statement: at least one whole line, its
+    brackets closed, and no line continuation at its end?"""
+    if not text.strip():
+        return False
+    if bracket_depth(line_head + text) > 0:
+        return False
+    last = text.rstrip().rsplit("\n", 1)[-1].rstrip()
+    return not last.endswith(CONTINUATION_ENDINGS)
+
+
+def whole_statements(text: str, line_head: str) -> str:
+    """The longest run of whole lines from the start of `text` that ends on a whole statement, or ""."""
+    lines = text.split("\n")
+    for end in range(len(lines), 0, -1):
+        head = "\n".join(lines[:end])
+        if statement_complete(head, line_head):
+            return head
+    return ""
+
+
 def strip_trailing_whitespace(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n") if "\n" in text else text.rstrip()
 

@@ -31,7 +31,8 @@ async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | No
         client.strop_statuses.append(_plain(params))
 
     # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
-    server_env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000", **(env or {}))
+    server_env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000",
+                      STROP_PREDICT_SOFT_MS="0", STROP_PROMPT_BUDGET_MS="0", **(env or {}))
     await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
                           *extra, env=server_env)
     result = await client.initialize_session(t.InitializeParams(

@@ -107,7 +107,7 @@ def test_training_prompt_is_the_serving_layout(tokenizer, prefix, suffix):
 def test_training_tokens_equal_what_llama_cpp_serves(tiny_fim_model, tokenizer):
     """The same pieces through the server's tokenizer path (llama.cpp on the GGUF) give the same ids."""
     pytest.importorskip("llama_cpp")
-    from server.engine import load_model, tokenize_pieces
+    from server.llama_model import load_model, tokenize_pieces
     from server.models import ResolvedModel
 
     served = load_model(ResolvedModel(path=tiny_fim_model.gguf_f32, name="tiny", version="t", source="flag"),

@@ -1,0 +1,424 @@
+"""The decoding loop: one job on a loaded llama.cpp model, as serving, sampling and evaluation run it.
+
+Runs in the worker process for serving (server/worker.py) and in-process for distillation. Per job:
+1. pick the KV state that shares the longest token prefix with the prompt: the live one or one of a
+   few saved per-sequence states (`llama_state_seq_*`), so switching between documents stays warm;
+2. evaluate the rest of the prompt in small chunks, checking for an abort and the prompt deadline
+   between chunks (an aborted or timed-out evaluation keeps what it evaluated: the next job reuses
+   it); a warm-up job stops here;
+3. generate with separate budgets: the prediction timers start at the first sampled token; past the
+   soft budget generation stops at the next whole line/statement; the hard budget gives up (the
+   caller then shows nothing rather than a fragment);
+4. token healing: the prompt's last text token is taken back and the first generated tokens are
+   constrained to start with its text, so a prompt that ends inside a token or in indentation does
+   not force an odd tokenization (a stray space after indentation);
+5. prompt-lookup speculative decoding (greedy only): a draft copied from an earlier occurrence of
+   the last tokens is verified in one batch; the output is the same as plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from . import postprocess
+from .fim import Piece
+from .llama_model import LoadedModel, PieceTokenCache, load_model, tokenize_pieces
+from .models import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+PROMPT_CHUNK = 64  # tokens per decode while evaluating a prompt: abort latency vs batch efficiency
+MIN_SAVED_TOKENS = 64  # a KV state shorter than this is not worth saving
+MAX_HEAL_BYTES = 16
+N_DRAFT = 8
+NGRAM = 3
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_k: int = 20
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+@dataclass
+class Job:
+    key: str  # supersession key: the document
+    pieces: Sequence[Piece]
+    max_tokens: int
+    single_line: bool
+    sampling: Sampling = Sampling()
+    block_head: str | None = None  # multi-line: the cursor line's typed part, for the block-end rule
+    predict_soft_ms: float | None = None  # past this (from the first token), stop at the next whole line
+    predict_hard_ms: float | None = None  # past this, give up: the result is marked incomplete
+    prompt_deadline_ms: float | None = None  # evaluating the prompt longer than this answers nothing
+    warm_only: bool = False  # evaluate the prompt, generate nothing
+    heal: bool = False
+    speculative: bool = False
+    tokens: list[int] | None = None  # the prompt's ids, when already tokenized (the engine does)
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: tuple[int, ...]
+    n_prompt_tokens: int
+    n_reused_tokens: int
+    prompt_ms: float
+    gen_ms: float
+    stop_reason: str  # eog | newline | block | soft_time | time | max_tokens | prompt_time | warm
+    model_version: str
+    n_drafted: int = 0
+    n_accepted: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Did generation end where the model or a rule chose, rather than at a cap?"""
+        return self.stop_reason not in ("time", "max_tokens", "prompt_time")
+
+
+@dataclass
+class _Saved:
+    tokens: tuple[int, ...]
+    data: bytes
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _HealTable:
+    """Which tokens are consistent with a text still to be produced (token healing)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        import llama_cpp
+
+        n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab_model.vocab)
+        pairs = [(model.piece(t), t) for t in range(n_vocab) if not model.is_control(t)]
+        pairs = [p for p in pairs if p[0]]
+        pairs.sort()
+        self.keys = [p[0] for p in pairs]
+        self.ids = [p[1] for p in pairs]
+        self.exact: dict[bytes, list[int]] = {}
+        for piece, tok in pairs:
+            if len(piece) <= MAX_HEAL_BYTES:
+                self.exact.setdefault(piece, []).append(tok)
+
+    def allowed(self, rest: bytes) -> list[int]:
+        """Tokens whose text starts with `rest`, or is a proper prefix of it."""
+        lo = bisect.bisect_left(self.keys, rest)
+        hi = lo
+        while hi < len(self.keys) and self.keys[hi].startswith(rest):
+            hi += 1
+        out = self.ids[lo:hi]
+        for k in range(1, len(rest)):
+            out += self.exact.get(rest[:k], [])
+        return out
+
+
+class Decoder:
+    """Owns one llama.cpp context; runs jobs one at a time in the calling thread."""
+
+    def __init__(self, model: LoadedModel, *, slots: int = 4) -> None:
+        assert model.llm is not None, "the decoder needs the model's weights"
+        self.model = model
+        self.llm = model.llm
+        self.slots = slots
+        self.saved: OrderedDict[int, _Saved] = OrderedDict()
+        self._next_slot = 0
+        self._heal: _HealTable | None = None
+        self.n_ctx = model.n_ctx
+
+    # --- KV states ----------------------------------------------------------------------------
+    def current_tokens(self) -> tuple[int, ...]:
+        return tuple(int(t) for t in self.llm.input_ids[: self.llm.n_tokens])
+
+    def cached(self) -> list[tuple[int, ...]]:
+        """The token sequences whose KV state this decoder holds (live first)."""
+        return [self.current_tokens()] + [s.tokens for s in self.saved.values()]
+
+    def _save_current(self) -> None:
+        import llama_cpp
+
+        cur = self.current_tokens()
+        if len(cur) < MIN_SAVED_TOKENS or self.slots <= 1:
+            return
+        for sid, saved in list(self.saved.items()):  # a state the live one extends is redundant
+            if common_prefix(saved.tokens, cur) >= 0.9 * len(saved.tokens):
+                del self.saved[sid]
+        ctx = self.llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        self.saved[self._next_slot] = _Saved(cur, bytes(buf[:n]))
+        self._next_slot += 1
+        while len(self.saved) > self.slots - 1:
+            self.saved.popitem(last=False)
+
+    def _restore(self, sid: int) -> None:
+        import llama_cpp
+
+        saved = self.saved.pop(sid)
+        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        buf = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
+        if llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, buf, len(saved.data), 0) != len(saved.data):
+            self.llm.n_tokens = 0
+            log.warning("a saved KV state could not be restored; evaluating from scratch")
+            return
+        self.llm.input_ids[: len(saved.tokens)] = saved.tokens
+        self.llm.n_tokens = len(saved.tokens)
+
+    def _select_state(self, tokens: Sequence[int]) -> None:
+        cur = self.current_tokens()
+        live = common_prefix(cur, tokens)
+        best_sid, best = None, live
+        for sid, saved in self.saved.items():
+            n = common_prefix(saved.tokens, tokens)
+            if n > best:
+                best_sid, best = sid, n
+        if best_sid is not None and best > live + 32:
+            self._save_current()
+            self._restore(best_sid)
+        elif live < len(cur) // 2:
+            self._save_current()  # about to be overwritten: keep it for a switch back
+
+    # --- the job --------------------------------------------------------------------------------
+    def fit(self, tokens: list[int], max_tokens: int) -> list[int]:
+        room = self.n_ctx - max_tokens - 1
+        if len(tokens) > room:
+            keep_bos = self.model.add_bos and tokens and tokens[0] == self.model.bos_id
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1:] if keep_bos else tokens[-room:]
+        return tokens
+
+    def run(self, job: Job, abort: Callable[[], bool] = lambda: False) -> Generation | None:
+        """One job; None when the prompt is empty or the job was aborted."""
+        model, llm = self.model, self.llm
+        tokens = list(job.tokens) if job.tokens is not None else tokenize_pieces(model, job.pieces)
+        if not tokens:  # e.g. the start of a file for a model that adds no BOS: nothing to continue
+            return None
+        tokens = self.fit(tokens, job.max_tokens)
+        heal = b""
+        if job.heal and not job.warm_only and len(tokens) > 1:
+            last = tokens[-1]
+            piece = model.piece(last)
+            if not model.is_control(last) and 0 < len(piece) <= MAX_HEAL_BYTES and b"\n" not in piece:
+                heal, tokens = piece, tokens[:-1]
+        t0 = time.perf_counter()
+        self._select_state(tokens)
+        reused = common_prefix(self.current_tokens(), tokens)
+        if reused == len(tokens):
+            reused -= 1  # the last prompt token is evaluated again: its logits are not kept
+        llm.n_tokens = reused
+        todo = tokens[reused:]
+        for i in range(0, len(todo), PROMPT_CHUNK):
+            if abort():
+                return None
+            if job.prompt_deadline_ms is not None and (time.perf_counter() - t0) * 1000 > job.prompt_deadline_ms:
+                return Generation("", (), len(tokens), reused, (time.perf_counter() - t0) * 1000, 0.0,
+                                  "prompt_time", model.resolved.version)
+            llm.eval(todo[i:i + PROMPT_CHUNK])
+        t_prompt = time.perf_counter()
+        if job.warm_only:
+            return Generation("", (), len(tokens), reused, (t_prompt - t0) * 1000, 0.0, "warm",
+                              model.resolved.version)
+        return self._generate(job, tokens, heal, reused, t0, t_prompt, abort)
+
+    def _generate(self, job: Job, prompt: list[int], heal: bytes, reused: int, t0: float, t_prompt: float,
+                  abort: Callable[[], bool]) -> Generation | None:
+        import llama_cpp
+        import numpy as np
+
+        model, llm, s = self.model, self.llm, job.sampling
+        greedy = s.temperature <= 0
+        if s.seed is not None:
+            llm.set_seed(s.seed)
+        sampler = llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=0.0, temp=s.temperature, repeat_penalty=1.0)
+        rng = np.random.default_rng(s.seed)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab_model.vocab)
+        if heal and self._heal is None:
+            self._heal = _HealTable(model)
+
+        def logits(i: int = -1):
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i), shape=(n_vocab,))
+
+        raw = b""  # everything generated, healed text included
+        out: list[int] = []
+        t_first: float | None = None
+        stop_reason = "max_tokens"
+        drafted = accepted = 0
+
+        def pick(i: int = -1) -> int:
+            rest = heal[len(raw):] if len(raw) < len(heal) else b""
+            if not rest:
+                if greedy:
+                    return int(np.argmax(logits(i)))
+                return sampler.sample(llm._ctx, i)
+            allowed = np.asarray(self._heal.allowed(rest), dtype=np.int64)
+            if allowed.size == 0:
+                return int(np.argmax(logits(i)))
+            row = logits(i)[allowed].astype(np.float64)
+            if greedy:
+                return int(allowed[int(np.argmax(row))])
+            order = np.argsort(-row)[: max(1, s.top_k)]
+            p = np.exp((row[order] - row[order[0]]) / s.temperature)
+            p /= p.sum()
+            keep = max(1, int(np.searchsorted(np.cumsum(p), s.top_p) + 1))
+            p = p[:keep] / p[:keep].sum()
+            return int(allowed[order[rng.choice(keep, p=p)]])
+
+        def text() -> str:
+            return raw[len(heal):].decode("utf-8", "ignore") if len(raw) >= len(heal) else ""
+
+        def emit(tok: int) -> str | None:
+            """Take one token; the stop reason when generation ends with it."""
+            nonlocal raw
+            now = time.perf_counter()
+            if tok in model.stop_ids:
+                return "eog"
+            out.append(tok)
+            piece = model.piece(tok)
+            raw += piece
+            since = (now - t_first) * 1000
+            if b"\n" in piece and len(raw) > len(heal):
+                done = text()
+                if job.single_line:
+                    return "newline"
+                if job.block_head is not None and postprocess.generation_done(done, job.block_head):
+                    return "block"
+                if (job.predict_soft_ms is not None and since >= job.predict_soft_ms
+                        and postprocess.statement_complete(done[: done.rfind("\n")], job.block_head or "")):
+                    return "soft_time"
+            if len(out) >= job.max_tokens:
+                return "max_tokens"
+            if job.predict_hard_ms is not None and since >= job.predict_hard_ms:
+                return "time"
+            return None
+
+        history = list(prompt)
+        index: dict[tuple[int, ...], int] = {}
+        speculate = job.speculative and greedy
+        if speculate:
+            for i in range(len(history) - NGRAM):
+                index[tuple(history[i:i + NGRAM])] = i + NGRAM
+
+        pending = pick()
+        t_first = time.perf_counter()
+        while True:
+            if abort():
+                return None
+            reason = emit(pending)
+            if reason:
+                stop_reason = reason
+                break
+            history.append(pending)
+            draft: list[int] = []
+            if speculate and len(raw) >= len(heal):
+                if len(history) > NGRAM:
+                    index[tuple(history[-NGRAM - 1:-1])] = len(history) - 1
+                at = index.get(tuple(history[-NGRAM:]))
+                if at is not None and at < len(history):
+                    draft = history[at: at + N_DRAFT]
+            if not draft:
+                llm.eval([pending])
+                pending = pick()
+                continue
+            n_past = llm.n_tokens
+            batch = [pending] + draft
+            llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+            llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n_past: n_past + len(batch)] = batch
+            llm.n_tokens = n_past + len(batch)
+            drafted += len(draft)
+            ok = 0
+            reason = None
+            for i, d in enumerate(draft):
+                want = int(np.argmax(logits(i)))
+                if want != d:
+                    pending = want
+                    break
+                ok += 1
+                reason = emit(d)
+                if reason:
+                    break
+                history.append(d)
+            else:
+                pending = int(np.argmax(logits(len(draft))))
+            accepted += ok
+            keep = n_past + 1 + ok
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
+            if reason:
+                stop_reason = reason
+                break
+        t_end = time.perf_counter()
+        return Generation(
+            text=text(), tokens=tuple(out), n_prompt_tokens=len(prompt) + (1 if heal else 0), n_reused_tokens=reused,
+            prompt_ms=(t_prompt - t0) * 1000, gen_ms=(t_end - t_prompt) * 1000, stop_reason=stop_reason,
+            model_version=model.resolved.version, n_drafted=drafted, n_accepted=accepted,
+        )
+
+
+CANARY_TEXT = "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n\n\n" * 8
+
+
+def canary(decoder: Decoder, n_prompt: int = 96, n_gen: int = 12) -> dict:
+    """A short real decode (the check that a CPU feature does not crash llama.cpp) that also measures
+    prompt-evaluation and generation speed on this machine."""
+    tokens = decoder.model.tokenize(CANARY_TEXT)[:n_prompt]
+    llm = decoder.llm
+    llm.n_tokens = 0
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    t0 = time.perf_counter()
+    llm.eval(tokens)
+    t1 = time.perf_counter()
+    for _ in range(n_gen):
+        tok = llm.sample(temp=0.0)
+        llm.eval([tok])
+    t2 = time.perf_counter()
+    llm.n_tokens = 0
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    return {"prompt_tps": round(len(tokens) / max(t1 - t0, 1e-6), 1), "gen_tps": round(n_gen / max(t2 - t1, 1e-6), 1)}
+
+
+class InProcessEngine:
+    """Decoding in the calling process (distillation, evaluation): the same Decoder the worker runs."""
+
+    def __init__(self, *, n_ctx: int, n_threads: int, n_gpu_layers: int) -> None:
+        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
+        self.model: LoadedModel | None = None
+        self.decoder: Decoder | None = None
+        self._piece_cache = PieceTokenCache()
+        self._abort = threading.Event()
+
+    def load(self, resolved: ResolvedModel) -> None:
+        self.model = load_model(resolved, n_ctx=self.n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers)
+        self.decoder = Decoder(self.model, slots=1)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenize(text))
+
+    def generate(self, model: LoadedModel, job: Job) -> Generation | None:
+        tokens = tokenize_pieces(model, job.pieces, self._piece_cache)
+        return self.decoder.run(replace(job, tokens=tokens))
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+
