@@ -383,18 +383,24 @@ def moves_reach_the_server(session: Session, path: Path, encoding: str) -> None:
     assert all(a != b for a, b in zip(positions, positions[1:])), positions
     assert positions[-1] == (uri, {"line": 0, "character": 4}), positions
 
-    # Completions off: the cursor is not sent; back on, the next idle moment sends it.
+    # Leaving insert mode moves the cursor onto the character before it.
     session.nvim.keys("<Esc>")
     session.nvim.wait_for('return vim.api.nvim_get_mode().mode == "n"', 10, "normal mode")
+    after_esc = {"uri": uri, "line": 0, "character": 3}
+    session.wait_server_cursor(after_esc)
+
+    # Completions off: the cursor is not sent; back on, the next idle moment sends it.
     session.nvim.command("StropToggle off")
-    session.nvim.wait_for('return require("strop").status().enabled == false', 10, "completions off")
-    count = session.nvim.lua("return #strop_cursor_sent")
-    session.nvim.lua("vim.api.nvim_win_set_cursor(0, { 3, 4 }) return true")
-    time.sleep(1)
-    assert session.nvim.lua("return #strop_cursor_sent") == count
-    assert session.server_status()["cursor"] == at_def
-    session.nvim.command("StropToggle on")
-    session.nvim.wait_for('return require("strop").status().enabled == true', 10, "completions on")
+    try:
+        session.nvim.wait_for('return require("strop").status().enabled == false', 10, "completions off")
+        count = session.nvim.lua("return #strop_cursor_sent")
+        session.nvim.lua("vim.api.nvim_win_set_cursor(0, { 3, 4 }) return true")
+        time.sleep(1)
+        assert session.nvim.lua("return #strop_cursor_sent") == count
+        assert session.server_status()["cursor"] == after_esc
+    finally:
+        session.nvim.command("StropToggle on")
+        session.nvim.wait_for('return require("strop").status().enabled == true', 10, "completions on")
     session.nvim.lua('vim.api.nvim_exec_autocmds("CursorHold", {}) return true')
     session.wait_server_cursor({"uri": uri, "line": 2, "character": 4})
 
