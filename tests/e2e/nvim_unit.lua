@@ -51,7 +51,7 @@ config.setup({ exclude_filetypes = { "markdown" } })
 expect("every filetype", config.wants_filetype("rust"), true)
 expect("excluded filetype", config.wants_filetype("markdown"), false)
 expect("keymaps merge", config.get().keymaps.accept, "<Tab>")
-for _, bad in ipairs({ { cmd = {} }, { mode = "fast" }, { debounce_ms = -1 }, { keymaps = { accept = 1 } } }) do
+for _, bad in ipairs({ { cmd = {} }, { mode = "fast" }, { debounce_ms = -1 }, { cursor_debounce_ms = "fast" }, { keymaps = { accept = 1 } } }) do
   local ok, err = pcall(config.setup, bad)
   expect("rejects " .. vim.inspect(bad), ok, false)
   expect("names the option in " .. tostring(err), tostring(err):match("^strop: option ") ~= nil, true)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,17 @@ vim.api.nvim_create_autocmd("LspRequest", {{
     end
   end,
 }})
+
+-- Every strop/didMoveCursor the plugin sends, in order.
+_G.strop_cursor_sent = {{}}
+local strop_client = require("strop.client")
+local client_notify = strop_client.notify
+strop_client.notify = function(client_id, method, params)
+  if method == "strop/didMoveCursor" then
+    table.insert(_G.strop_cursor_sent, params)
+  end
+  return client_notify(client_id, method, params)
+end
 
 -- Every notification, for the tests to read.
 _G.strop_notes = {{}}
@@ -149,6 +161,20 @@ class Session:
 
     def wait_ghost(self, timeout_s: float = 60) -> dict:
         return self.nvim.wait_for("return strop_ghost()", timeout_s, "ghost text")
+
+    def server_status(self) -> dict:
+        """The server's own strop/status, asked through the plugin's client."""
+        return self.nvim.lua(
+            'local client = require("strop.client")'
+            " local status, err = client.request_sync(client.get(0).id, 'strop/status', vim.empty_dict(), 5000, 0)"
+            " return status or error(err)"
+        )
+
+    def wait_server_cursor(self, expected: dict, timeout_s: float = 10) -> None:
+        try:
+            poll(lambda: self.server_status()["cursor"] == expected, timeout_s, f"the server's cursor to be {expected}", 0.1)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}; it is {self.server_status()['cursor']}") from None
 
     def buffer_text(self) -> str:
         return "\n".join(self.nvim.lua("return vim.api.nvim_buf_get_lines(0, 0, -1, false)"))
@@ -289,6 +315,98 @@ def test_accept_word_reports_a_partial_accept(sessions) -> None:
     session.nvim.keys("<Esc>")
 
 
+def column(text: str, encoding: str) -> int:
+    """The LSP `character` at the end of `text` in a position encoding."""
+    return len(text.encode(encoding.replace("utf-16", "utf-16-le"))) // (2 if encoding == "utf-16" else 1)
+
+
+# Neovim prefers UTF-8 (it lists it first, and strop's server takes the client's first choice);
+# the test's other client lists only UTF-16, as VS Code and most other clients do.
+PREFER_UTF16 = """
+local caps = vim.lsp.protocol.make_client_capabilities()
+caps.general.positionEncodings = { "utf-16" }
+vim.lsp.config("strop", { capabilities = caps })
+return true
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_cursor_moves_reach_the_server_in_its_encoding_once_each_and_not_while_off(sessions, encoding: str) -> None:
+    session = sessions("native")
+    project = session.project
+    if encoding == "utf-16":  # a workspace of its own, so a client of its own
+        if not session.nvim.lua("return vim.lsp.config ~= nil"):
+            pytest.skip("a client's capabilities are set through vim.lsp.config (Neovim 0.11+)")
+        project = session.project.parent / "project-utf16"
+        (project / ".git").mkdir(parents=True)
+        session.nvim.lua(PREFER_UTF16)
+    # Before the cursor on line 2: 22 characters, 23 UTF-16 code units, 26 bytes.
+    path = project / "cursor.py"
+    path.write_text('def greet(name):\n    message = "héllo 😀 " + name\n    return message\n')
+    session.open(path)
+    try:
+        assert session.nvim.lua('return require("strop.client").get(0).offset_encoding') == encoding
+        moves_reach_the_server(session, path, encoding)
+    finally:
+        if encoding == "utf-16":
+            session.nvim.lua(PREFER_UTF16.replace('{ "utf-16" }', '{ "utf-8", "utf-16", "utf-32" }'))
+            session.nvim.lua('vim.lsp.stop_client(require("strop.client").get(0).id) return true')
+            session.nvim.wait_for('return require("strop.client").get(0) == nil', 10, "the UTF-16 client to stop")
+
+
+def moves_reach_the_server(session: Session, path: Path, encoding: str) -> None:
+    uri = path.as_uri()
+    line = path.read_text().splitlines()[1]
+    before = line[: line.index("😀") + 1]
+    first = session.nvim.lua("return #strop_cursor_sent")
+
+    # Normal mode.
+    session.nvim.lua(f"vim.api.nvim_win_set_cursor(0, {{ 2, {len(before.encode())} }}) return true")
+    session.wait_server_cursor({"uri": uri, "line": 1, "character": column(before, encoding)})
+
+    # Insert mode: at the end of the line.
+    session.nvim.keys("A")
+    session.nvim.wait_for('return vim.api.nvim_get_mode().mode == "i"', 10, "insert mode")
+    session.wait_server_cursor({"uri": uri, "line": 1, "character": column(line, encoding)})
+
+    # CursorHoldI sends at once; the CursorMovedI and FocusGained that follow are the same position.
+    at_def = {"uri": uri, "line": 0, "character": 4}
+    sent = session.nvim.lua(
+        'vim.api.nvim_win_set_cursor(0, { 1, 4 }) vim.api.nvim_exec_autocmds("CursorHoldI", {})'
+        " return strop_cursor_sent[#strop_cursor_sent]"
+    )
+    assert sent == {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}}, sent
+    session.nvim.lua('vim.api.nvim_exec_autocmds("FocusGained", {}) return true')
+    session.wait_server_cursor(at_def)
+    time.sleep(1)  # several debounce periods
+    positions = [(n["textDocument"]["uri"], n["position"]) for n in session.nvim.lua("return strop_cursor_sent")[first:]]
+    assert all(a != b for a, b in zip(positions, positions[1:])), positions
+    assert positions[-1] == (uri, {"line": 0, "character": 4}), positions
+
+    # Leaving insert mode moves the cursor onto the character before it.
+    session.nvim.keys("<Esc>")
+    session.nvim.wait_for('return vim.api.nvim_get_mode().mode == "n"', 10, "normal mode")
+    after_esc = {"uri": uri, "line": 0, "character": 3}
+    session.wait_server_cursor(after_esc)
+
+    # Completions off: the cursor is not sent; back on, the next idle moment sends it.
+    session.nvim.command("StropToggle off")
+    try:
+        session.nvim.wait_for('return require("strop").status().enabled == false', 10, "completions off")
+        count = session.nvim.lua("return #strop_cursor_sent")
+        session.nvim.lua("vim.api.nvim_win_set_cursor(0, { 3, 4 }) return true")
+        time.sleep(1)
+        assert session.nvim.lua("return #strop_cursor_sent") == count
+        assert session.server_status()["cursor"] == after_esc
+    finally:
+        session.nvim.command("StropToggle on")
+        session.nvim.wait_for('return require("strop").status().enabled == true', 10, "completions on")
+    session.nvim.lua('vim.api.nvim_exec_autocmds("CursorHold", {}) return true')
+    session.wait_server_cursor({"uri": uri, "line": 2, "character": 4})
+
+
 def floating_window_lines(session: Session, command: str) -> list[str]:
     """Runs `command`, waits for the floating window it opens, returns its lines and closes it."""
     session.nvim.command(command)
@@ -378,8 +496,8 @@ def test_plugin_protocol_names_match_the_server(tmp_path: Path) -> None:
     result = subprocess.run([nvim_executable(), "--clean", "-l", str(script)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     names = json.loads(result.stdout)
-    for key, value in names.items():
-        assert getattr(protocol, key) == value, key
+    server = {name: value for name, value in vars(protocol).items() if name.isupper() and isinstance(value, str)}
+    assert names == server
 
 
 @pytest.mark.e2e

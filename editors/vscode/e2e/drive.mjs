@@ -9,9 +9,11 @@
 // process group of its own, which teardown kills (the extension host and `strop serve` are in it).
 //
 // Scenarios:
-//   ghost           open a Python file, type `return ` in a function body, wait for strop's ghost
-//                   text, screenshot it, check `strop log --json` has that text as shown; Tab,
-//                   Ctrl+S, check the file on disk and that the log has it accepted.
+//   ghost           open a Python file; move the cursor (click, End) and check that the server's
+//                   strop/status ("strop: Show Server Status") has that position; type `return `
+//                   in a function body, wait for strop's ghost text, screenshot it, check
+//                   `strop log --json` has that text as shown; Tab, Ctrl+S, check the file on disk
+//                   and that the log has it accepted.
 //   missing-server  strop.serverPath points nowhere: the error notification says so and its
 //                   "Open settings" action opens the settings editor on that setting.
 //   server-exits    `strop serve` exits at start (an unknown flag): the notification gives the
@@ -29,7 +31,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 
@@ -378,6 +380,18 @@ function outputPanel(page, text) {
   return page.locator('.part.panel .monaco-editor .view-lines', { hasText: text.replace(/ /g, '\u00a0') }).first();
 }
 
+/**
+ * Runs "strop: Show Server Status" until its output (the server's strop/status) has the cursor at
+ * the 0-based `line` and `character` of `file`: strop/didMoveCursor follows a move after a debounce.
+ */
+function serverHasCursor(page, file, line, character) {
+  const cursor = `cursor: ${JSON.stringify({ uri: pathToFileURL(file).href, line, character })}`;
+  return until(`the server's status to show ${cursor}`, LOG_MS, async () => {
+    await runCommand(page, 'strop: Show Server Status');
+    return outputPanel(page, cursor).waitFor({ timeout: 2_000 }).then(() => true, () => false);
+  });
+}
+
 /** The server's log entry for the ghost text on screen, once the server has heard it was shown. */
 function loggedAsShown(run, ghost) {
   return until(`${JSON.stringify(ghost)} logged as shown in strop log`, LOG_MS, async () =>
@@ -402,6 +416,13 @@ async function ghostScenario() {
     const statusItem = page.locator('.statusbar-item', { hasText: /strop .*(idle|working)/ });
     await timed('strop server ready', () => statusItem.first().waitFor({ timeout: SERVER_READY_MS }));
     log(`status bar: ${(await statusItem.first().innerText()).trim()}`);
+
+    // A cursor move reaches the server: the end of line 3 (0-based line 2).
+    await page.locator('.editor-instance .monaco-editor .view-line').nth(2).click();
+    await page.keyboard.press('End');
+    await timed('server has the cursor', () => serverHasCursor(page, run.sourceFile, 2, SOURCE.split('\n')[2].length));
+    await runCommand(page, 'View: Hide Panel');
+    await page.locator('.part.panel').waitFor({ state: 'hidden', timeout: 5_000 });
 
     // Cursor to the end of line CURSOR_LINE, then type, so that VS Code asks for a suggestion.
     await page.locator('.editor-instance .monaco-editor .view-line').nth(CURSOR_LINE - 1).click();

@@ -14,6 +14,7 @@ import {
   StaticFeature,
 } from 'vscode-languageclient/node';
 import { StropConfig, documentSelector, isExcluded, serveCommand } from './config';
+import { CursorReporter } from './cursor';
 import { CompletionTracker } from './events';
 import { StropInlineProvider, completionId, registerInlineProvider } from './inline';
 import { CMD_ACCEPT, CMD_TOGGLE, STATUS, STATUS_CHANGED, Status, ToggleResult } from './protocol';
@@ -68,11 +69,14 @@ function waitOrTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefine
 
 export class StropSession {
   readonly tracker: CompletionTracker;
+  readonly cursor: CursorReporter;
   private client: StropLanguageClient | undefined;
   private server: SpawnedServer | undefined;
   private registrations: vscode.Disposable[] = [];
   private started = false;
   private crashes: number[] = [];
+  /** Whether the server serves completions (strop.toggle), as it last said. */
+  private completionsOn = true;
 
   constructor(
     private readonly output: vscode.OutputChannel,
@@ -85,6 +89,7 @@ export class StropSession {
         void this.client.sendNotification(method, params);
       }
     });
+    this.cursor = new CursorReporter(this.config, () => (this.completionsOn ? this.running : undefined));
   }
 
   /** The client once the server has initialized, else undefined. */
@@ -132,6 +137,7 @@ export class StropSession {
           const result: unknown = await next(command, commandArgs);
           if (command === CMD_TOGGLE && result && typeof result === 'object') {
             const on = (result as ToggleResult).enabled;
+            this.completionsOn = on;
             vscode.window.setStatusBarMessage(`strop: completions ${on ? 'on' : 'off'}`, 3_000);
           }
           return result;
@@ -159,6 +165,8 @@ export class StropSession {
     this.server = undefined;
     this.started = false;
     this.tracker.clear();
+    this.cursor.reset();
+    this.completionsOn = true; // as a new server starts
     this.registrations.forEach((d) => d.dispose());
     this.registrations = [];
     await vscode.commands.executeCommand('setContext', 'strop.serverRunning', false);
@@ -187,15 +195,24 @@ export class StropSession {
     }
     await vscode.commands.executeCommand('setContext', 'strop.serverRunning', true);
     this.registrations.push(
-      client.onNotification(STATUS_CHANGED, (status: Status) => this.status.server(status)),
-      // After a crash the client restarts the server itself; ask the new one for its status.
+      client.onNotification(STATUS_CHANGED, (status: Status) => this.showStatus(status)),
+      // After a crash the client restarts the server itself; ask the new one for its status, and
+      // tell it where the cursor is.
       client.onDidChangeState((e) => {
         if (e.newState === State.Running && this.started) {
+          this.cursor.reset();
+          this.cursor.schedule();
           void this.refreshStatus(client);
         }
       }),
     );
+    this.cursor.schedule();
     await this.refreshStatus(client);
+  }
+
+  private showStatus(status: Status): void {
+    this.completionsOn = status.enabled;
+    this.status.server(status);
   }
 
   private async refreshStatus(client: StropLanguageClient): Promise<void> {
@@ -204,7 +221,7 @@ export class StropSession {
     const timeout = new vscode.CancellationTokenSource();
     const timer = setTimeout(() => timeout.cancel(), STATUS_TIMEOUT_MS);
     try {
-      this.status.server(await client.sendRequest<Status>(STATUS, {}, timeout.token));
+      this.showStatus(await client.sendRequest<Status>(STATUS, {}, timeout.token));
     } catch (error) {
       this.output.appendLine(`${STATUS} failed: ${error}`);
       this.status.local('error', `the server did not answer ${STATUS}; see the strop output`);

@@ -4,8 +4,9 @@ import * as vscode from 'vscode';
 import { runCli } from './cli';
 import { StropConfig, cliCommand } from './config';
 import { StropSession } from './client';
-import { STATS } from './protocol';
+import { STATS, STATUS } from './protocol';
 import { renderStats } from './statsTable';
+import { renderStatus } from './status';
 
 async function pickFolder(): Promise<vscode.WorkspaceFolder | undefined> {
   const folders = vscode.workspace.workspaceFolders ?? [];
@@ -15,17 +16,25 @@ async function pickFolder(): Promise<vscode.WorkspaceFolder | undefined> {
   return vscode.window.showWorkspaceFolderPick({ placeHolder: 'Repository to distill' });
 }
 
-async function showStats(session: StropSession, channel: vscode.OutputChannel): Promise<void> {
+/** Asks the running server `method` and shows its answer, rendered, in `channel`. */
+async function showReply(
+  session: StropSession,
+  channel: vscode.OutputChannel,
+  what: string,
+  method: string,
+  params: object,
+  render: (reply: Record<string, unknown>) => string,
+): Promise<void> {
   const client = session.running;
   if (!client) {
-    void vscode.window.showWarningMessage('strop: the server is not running, so there are no stats to show.');
+    void vscode.window.showWarningMessage(`strop: the server is not running, so it has no ${what} to show.`);
     return;
   }
-  const stats = await client.sendRequest<Record<string, unknown>>(STATS, { json: true });
+  const reply = await client.sendRequest<Record<string, unknown>>(method, params);
   channel.clear();
-  channel.appendLine(`strop stats (${new Date().toLocaleString()})`);
+  channel.appendLine(`strop ${what} (${new Date().toLocaleString()})`);
   channel.appendLine('');
-  channel.append(renderStats(stats));
+  channel.append(render(reply));
   channel.show(true);
 }
 
@@ -92,11 +101,17 @@ function guarded(name: string, run: () => Promise<void>): () => Promise<void> {
 
 export function registerCommands(session: StropSession, config: () => StropConfig, restart: () => Promise<void>): vscode.Disposable[] {
   const statsChannel = vscode.window.createOutputChannel('strop stats');
+  const statusChannel = vscode.window.createOutputChannel('strop status');
   const logChannel = vscode.window.createOutputChannel('strop log');
   return [
     statsChannel,
+    statusChannel,
     logChannel,
-    vscode.commands.registerCommand('strop.showStats', guarded('Show Stats', () => showStats(session, statsChannel))),
+    vscode.commands.registerCommand('strop.showStats', guarded('Show Stats', () =>
+      showReply(session, statsChannel, 'stats', STATS, { json: true }, renderStats))),
+    // Params `{}`: see StropSession.refreshStatus.
+    vscode.commands.registerCommand('strop.showStatus', guarded('Show Server Status', () =>
+      showReply(session, statusChannel, 'status', STATUS, {}, renderStatus))),
     vscode.commands.registerCommand('strop.distillNow', guarded('Distill Now', () => distillNow(config))),
     vscode.commands.registerCommand('strop.openLog', guarded('Open Completion Log', () => openLog(config, logChannel))),
     vscode.commands.registerCommand('strop.restart', guarded('Restart Server', restart)),

@@ -9,9 +9,10 @@ export interface StropConfig {
   readonly enabledLanguages: readonly string[];
   readonly excludeGlobs: readonly string[];
   readonly debounceMs: number;
+  readonly cursorDebounceMs: number;
 }
 
-/** Settings whose change needs a new server process (everything but the debounce). */
+/** Settings whose change needs a new server process (everything but the debounces). */
 export const RESTART_KEYS = ['enable', 'serverPath', 'serverArgs', 'modelPath', 'enabledLanguages', 'excludeGlobs'];
 
 /** A contributed setting; VS Code supplies package.json's default, the one place defaults live. */
@@ -33,6 +34,7 @@ export function readConfig(): StropConfig {
     enabledLanguages: Object.freeze([...setting<string[]>(c, 'enabledLanguages')]),
     excludeGlobs: Object.freeze([...setting<string[]>(c, 'excludeGlobs')]),
     debounceMs: Math.max(0, setting<number>(c, 'debounceMs')),
+    cursorDebounceMs: Math.max(0, setting<number>(c, 'cursorDebounceMs')),
   });
 }
 
@@ -47,10 +49,15 @@ export function documentSelector(cfg: StropConfig): { scheme: string; language?:
 
 /**
  * A document selector cannot express "all but", so excluded files are filtered where documents
- * reach the server: text sync (client.ts middleware) and the inline provider.
+ * reach the server: text sync (client.ts middleware), the inline provider and the cursor reports.
  */
 export function isExcluded(cfg: StropConfig, document: vscode.TextDocument): boolean {
   return cfg.excludeGlobs.some((pattern) => vscode.languages.match({ pattern }, document) > 0);
+}
+
+/** Whether the server has `document`: it matches the selector and is not excluded. */
+export function isServed(cfg: StropConfig, document: vscode.TextDocument): boolean {
+  return vscode.languages.match(documentSelector(cfg), document) > 0 && !isExcluded(cfg, document);
 }
 
 /** The command line that starts the language server: serverPath serverArgs [--model modelPath]. */

@@ -37,8 +37,16 @@ export function activate(context: vscode.ExtensionContext): void {
         void restart();
       }
     }),
-    vscode.window.onDidChangeTextEditorSelection((e) => active.tracker.selectionChanged(e.textEditor.document, e.selections[0].active)),
-    vscode.window.onDidChangeActiveTextEditor(() => active.tracker.dismissAll()),
+    vscode.window.onDidChangeTextEditorSelection((e) => {
+      active.tracker.selectionChanged(e.textEditor.document, e.selections[0].active);
+      active.cursor.schedule();
+    }),
+    vscode.window.onDidChangeActiveTextEditor(() => {
+      active.tracker.dismissAll();
+      active.cursor.schedule();
+    }),
+    vscode.window.onDidChangeWindowState((e) => e.focused && active.cursor.schedule()),
+    vscode.workspace.onDidCloseTextDocument((document) => active.cursor.closed(document)),
   );
   // Not awaited: activation finishes at once, the server loads its model in the background.
   lifecycle = active.start();

@@ -5,6 +5,8 @@
 export const DID_SHOW = 'strop/didShowCompletion';
 export const DID_DISMISS = 'strop/didDismissCompletion';
 export const DID_PARTIALLY_ACCEPT = 'strop/didPartiallyAcceptCompletion';
+/** Client → server notification: where the cursor is; params {textDocument: {uri}, position}. */
+export const DID_MOVE_CURSOR = 'strop/didMoveCursor';
 
 /** Client → server requests. */
 export const STATUS = 'strop/status';
@@ -30,6 +32,9 @@ export interface Status {
   readonly lastLatencyMs: number | null;
   readonly enabled: boolean;
   readonly message?: string | null;
+  /** The last position strop/didMoveCursor told the server (0-based, UTF-16), or null. */
+  readonly cursor?: { readonly uri: string; readonly line: number; readonly character: number } | null;
+  readonly warmups?: number;
 }
 
 export interface AcceptArgument {

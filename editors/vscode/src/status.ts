@@ -55,3 +55,9 @@ export class StatusBar implements vscode.Disposable {
       state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
   }
 }
+
+/** A strop/status answer as "key: value" lines, objects as JSON (strop: Show Server Status). */
+export function renderStatus(status: Record<string, unknown>): string {
+  const text = (v: unknown) => (v === null || v === undefined ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+  return Object.entries(status).map(([key, value]) => `${key}: ${text(value)}\n`).join('');
+}

@@ -19,6 +19,7 @@ local M = {}
 ---@field mode "auto"|"native"|"fallback" native = vim.lsp.inline_completion (Neovim 0.12+); fallback = strop's own ghost text; auto picks
 ---@field keymaps strop.Keymaps     insert-mode keys, set buffer-locally where strop is attached
 ---@field debounce_ms integer       fallback mode: quiet time after a keystroke before asking the server
+---@field cursor_debounce_ms integer quiet time after a cursor move before telling the server where it is
 ---@field auto_start boolean        start the server when a matching buffer opens; false = only on :StropStart
 ---@field root_markers string[]     the workspace root is the nearest ancestor holding one of these
 M.defaults = {
@@ -37,6 +38,7 @@ M.defaults = {
     dismiss = "<C-]>",
   },
   debounce_ms = 150,
+  cursor_debounce_ms = 150,
   auto_start = true,
   root_markers = { ".git" },
 }
@@ -101,7 +103,9 @@ function M.setup(opts)
   for _, key in ipairs({ "accept", "accept_word", "accept_line", "dismiss" }) do
     check("keymaps." .. key, cfg.keymaps[key], is_key(cfg.keymaps[key]), "a key (string) or false")
   end
-  check("debounce_ms", cfg.debounce_ms, type(cfg.debounce_ms) == "number" and cfg.debounce_ms >= 0, "a number >= 0")
+  for _, key in ipairs({ "debounce_ms", "cursor_debounce_ms" }) do
+    check(key, cfg[key], type(cfg[key]) == "number" and cfg[key] >= 0, "a number >= 0")
+  end
   check("auto_start", cfg.auto_start, type(cfg.auto_start) == "boolean", "true or false")
   check("root_markers", cfg.root_markers, is_list_of_strings(cfg.root_markers), "a list of file names")
   if cfg.mode == "native" and not M.native_available() then

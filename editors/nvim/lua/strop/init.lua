@@ -3,6 +3,7 @@
 
 local client = require("strop.client")
 local config = require("strop.config")
+local cursor = require("strop.cursor")
 local status = require("strop.status")
 local suggestion = require("strop.suggestion")
 
@@ -45,6 +46,7 @@ end
 
 local function on_attach(c, bufnr)
   display().attach(c, bufnr)
+  cursor.attach(c, bufnr)
   map_keys(bufnr)
 end
 

@@ -5,6 +5,8 @@ return {
   DID_SHOW = "strop/didShowCompletion",
   DID_DISMISS = "strop/didDismissCompletion",
   DID_PARTIALLY_ACCEPT = "strop/didPartiallyAcceptCompletion",
+  -- Where the cursor is, params {textDocument = {uri}, position = {line, character}} (offset encoding).
+  DID_MOVE_CURSOR = "strop/didMoveCursor",
   -- Client → server requests.
   STATUS = "strop/status",
   STATS = "strop/stats",
