@@ -159,6 +159,26 @@ def cmd_log(args) -> int:
     return 0
 
 
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check the install (llama.cpp build, CPU, model, canary decode, speed, "
+                                      "STROP_HOME) and say what to fix")
+    p.add_argument("--model", type=Path)
+    p.add_argument("--repo", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+    from .models import git_root
+
+    logging.basicConfig(level=logging.ERROR)
+    repo = (args.repo.resolve() if args.repo else None) or git_root(Path.cwd())
+    checks = doctor.run(args.model, repo)
+    print(doctor.as_json(checks) if args.json else doctor.render(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strop", description="Local code completion that self-distils "
                                      "a model for your repository.")
@@ -168,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_complete(sub)
     _add_stats(sub)
     _add_log(sub)
+    _add_doctor(sub)
     from distill import cli as distill_cli
     from distill import models_cli
 

@@ -55,7 +55,7 @@ class ServeConfig:
     time_cap_ms: int = 1500  # from the first token: a suggestion still unfinished then is dropped, not cut
     first_request_wait_ms: int = 5000  # a request that arrives while the model loads waits this long
     warm_slots: int = 4  # KV states kept (documents/positions that stay warm)
-    speculative: bool = True  # prompt-lookup drafts, verified in one batch (greedy decoding only)
+    speculative: bool = False  # prompt-lookup drafts, verified in one batch (greedy decoding only)
     heal: bool = True  # token healing at the cursor
     temperature: float = 0.0  # greedy unless the promoted model ships a tuned T_eval
     top_k: int = 20

@@ -13,7 +13,9 @@ Runs in the worker process for serving (server/worker.py) and in-process for dis
    constrained to start with its text, so a prompt that ends inside a token or in indentation does
    not force an odd tokenization (a stray space after indentation);
 5. prompt-lookup speculative decoding (greedy only): a draft copied from an earlier occurrence of
-   the last tokens is verified in one batch; the output is the same as plain greedy decoding.
+   the last tokens is verified in one batch. The output is greedy decoding of the model, but
+   llama.cpp's batched kernels round differently from its one-token path (logits differ by ~0.5
+   here), so near-ties can resolve differently than without drafts.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ class Decoder:
         if job.heal and not job.warm_only and len(tokens) > 1:
             last = tokens[-1]
             piece = model.piece(last)
-            if not model.is_control(last) and 0 < len(piece) <= MAX_HEAL_BYTES and b"\n" not in piece:
+            if not model.is_control(last) and 0 < len(piece) <= MAX_HEAL_BYTES:
                 heal, tokens = piece, tokens[:-1]
         t0 = time.perf_counter()
         self._select_state(tokens)
@@ -293,7 +295,7 @@ class Decoder:
             piece = model.piece(tok)
             raw += piece
             since = (now - t_first) * 1000
-            if b"\n" in piece and len(raw) > len(heal):
+            if b"\n" in raw[max(len(heal), len(raw) - len(piece)):]:
                 done = text()
                 if job.single_line:
                     return "newline"

@@ -68,7 +68,7 @@ def describe_exit(code: int | None) -> str:
 class WorkerHandle:
     """One worker process and its connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_death: Callable[["WorkerHandle"], None] | None = None) -> None:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # stdout of the worker goes to our stderr: llama.cpp may print, and stdout may carry LSP.
@@ -78,6 +78,14 @@ class WorkerHandle:
         theirs.close()
         self.conn = Connection(ours.detach())
         self._send_lock = threading.Lock()
+        self.closing = False
+        if on_death is not None:  # an idle worker that dies is noticed at once, not at the next request
+            def watch() -> None:
+                self.proc.wait()
+                if not self.closing:
+                    on_death(self)
+
+            threading.Thread(target=watch, name="strop-worker-watch", daemon=True).start()
 
     @property
     def pid(self) -> int:
@@ -126,6 +134,7 @@ class WorkerHandle:
             pass  # the run() waiting on it reports the crash
 
     def close(self) -> None:
+        self.closing = True
         try:
             with self._send_lock:
                 self.conn.send(("exit",))
@@ -168,6 +177,7 @@ class Engine:
         self._worker: WorkerHandle | None = None
         self._resolved: ResolvedModel | None = None
         self._next: tuple | None = None
+        self._dead: WorkerHandle | None = None
         self._cached: list[tuple[int, ...]] = []
         self._ids = 0
         self._stopped = False
@@ -187,7 +197,7 @@ class Engine:
         tries = list(settings_list) if settings_list else canarymod.candidates_for(key)
         failures: list[str] = []
         for settings in tries:
-            handle = WorkerHandle()
+            handle = WorkerHandle(self._worker_died)
             try:
                 info = handle.load(resolved, settings, self._options())
             except WorkerCrashed as crash:
@@ -343,15 +353,30 @@ class Engine:
             if running is not None and running.key == job_key and self._worker:
                 self._worker.abort(running.id)
 
+    def _worker_died(self, handle: WorkerHandle) -> None:
+        with self._cv:
+            if handle is self._worker and self._running is None:
+                self._dead = handle
+                self._cv.notify_all()
+
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stopped and not self._pending and not self._warm and self._next is None:
+                while (not self._stopped and not self._pending and not self._warm and self._next is None
+                       and self._dead is None):
                     self._cv.wait()
                 if self._stopped:
                     return
                 if self._next is not None:
                     self._swap_locked()
+                    continue
+                dead, self._dead = self._dead, None
+            if dead is not None:
+                if dead is self._worker:
+                    self._recover(dead, dead._why())
+                continue
+            with self._cv:
+                if not self._pending and not self._warm:
                     continue
                 if self._pending:
                     key, (job, fut) = self._pending.popitem(last=False)

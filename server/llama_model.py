@@ -19,6 +19,10 @@ from .fim import FimFormat, Piece, Special, detect
 from .models import ResolvedModel
 
 
+# llama_token_attr bits: UNKNOWN 1, UNUSED 2, CONTROL 8, USER_DEFINED 16.
+NOT_TEXT_ATTRS = 1 | 2 | 8 | 16
+
+
 @dataclass
 class LoadedModel:
     llm: object | None  # llama_cpp.Llama when weights are loaded, else None (vocabulary only)
@@ -53,9 +57,10 @@ class LoadedModel:
         return got
 
     def is_control(self, token: int) -> bool:
+        """Control, user-defined, unused or unknown: not text the model writes as code."""
         import llama_cpp
 
-        return bool(llama_cpp.llama_vocab_get_attr(self.vocab_model.vocab, token) & ~1)
+        return bool(llama_cpp.llama_vocab_get_attr(self.vocab_model.vocab, token) & NOT_TEXT_ATTRS)
 
     def close(self) -> None:
         if self.llm is not None:

@@ -15,7 +15,6 @@ on some CPUs.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -28,14 +27,6 @@ from .errors import ModelLoadError
 from .llama_model import load_model
 
 log = logging.getLogger("strop.worker")
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned model process
-    except (OSError, AttributeError):
-        pass
 
 
 def _faults() -> set[str]:
@@ -113,7 +104,8 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    _die_with_parent()
+    # No PR_SET_PDEATHSIG: it fires when the spawning *thread* ends (loads run in short-lived
+    # threads). The worker ends instead when its connection closes, which the parent's death does.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     conn = Connection(int(argv[1]))

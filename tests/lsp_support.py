@@ -22,7 +22,8 @@ CLIENT_CAPS = t.ClientCapabilities(
 )
 
 
-async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None) -> LanguageClient:
+async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None,
+                wait: bool = True) -> LanguageClient:
     client = make_test_lsp_client()
     client.strop_statuses = []
 
@@ -31,15 +32,17 @@ async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | No
         client.strop_statuses.append(_plain(params))
 
     # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
-    server_env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000",
-                      STROP_PREDICT_SOFT_MS="0", STROP_PROMPT_BUDGET_MS="0", **(env or {}))
+    # Timing-free by default: tests assert behaviour, not speed; the budget tests set their own.
+    server_env = {**os.environ, "STROP_HOME": str(home), "STROP_TIME_CAP_MS": "30000", "STROP_PREDICT_SOFT_MS": "0",
+                  "STROP_PROMPT_BUDGET_MS": "0", **(env or {})}
     await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
                           *extra, env=server_env)
     result = await client.initialize_session(t.InitializeParams(
         capabilities=CLIENT_CAPS, root_uri=root.as_uri(),
         workspace_folders=[t.WorkspaceFolder(uri=root.as_uri(), name=root.name)]))
     client.strop_capabilities = result.capabilities  # what the server announced
-    await wait_ready(client)
+    if wait:
+        await wait_ready(client)
     return client
 
 
@@ -94,6 +97,12 @@ async def inline(client: LanguageClient, uri: str, line: int, char: int, invoked
     return await client.text_document_inline_completion_async(t.InlineCompletionParams(
         text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line, char),
         context=t.InlineCompletionContext(trigger_kind=kind)))
+
+
+def move_cursor(client: LanguageClient, uri: str, line: int, char: int) -> None:
+    """What the editor plugins send on cursor moves (strop/didMoveCursor)."""
+    client.protocol.notify("strop/didMoveCursor", {"textDocument": {"uri": uri},
+                                                   "position": {"line": line, "character": char}})
 
 
 def item_id(item: t.InlineCompletionItem) -> str:
