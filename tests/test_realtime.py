@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from server.decode import Decoder, Generation, Job
 from server.engine import Engine
 from server.llama_model import load_model
 from server.models import ResolvedModel
-from tests.lsp_support import close_all_docs, eventually, inline, insert, move_cursor, open_doc, rows, start, status
+from tests.lsp_support import close_all_docs, inline, insert, move_cursor, open_doc, rows, start, status
 
 pytestmark = pytest.mark.slow
 
