@@ -407,11 +407,13 @@ def raw_phase(args, model_path: Path, groups, server: dict, n_threads: int) -> d
             except Exception as err:  # noqa: BLE001 - the log or the layout changed shape: say so, do not guess
                 req["overhead_error"] = f"{type(err).__name__}: {err}"
                 continue
-            n_samples = (row["n_gen_tokens"] or 0) + (1 if row["stop_reason"] == "eog" else 0)
-            got = raw.replay_logged(tokens, row["n_reused_tokens"] or 0, max(1, n_samples))
-            first = (row["completion"] or "").split("\n", 1)[0].strip()
+            # strop stops after the token that ends the line or block, or on an end-of-generation
+            # token it samples but does not keep: raw samples as many.
+            n_samples = (row.get("n_gen_tokens") or 0) + (1 if row.get("stop_reason") == "eog" else 0)
+            got = raw.replay_logged(tokens, row.get("n_reused_tokens") or 0, max(1, n_samples))
+            first = (row.get("completion") or "").split("\n", 1)[0].strip()
             req["raw_same"] = {"ms": got["ms"], "prompt_ms": got["prompt_ms"], "n_prompt": len(tokens),
-                               "tokens_match": len(tokens) == row["n_prompt_tokens"],
+                               "tokens_match": len(tokens) == row.get("n_prompt_tokens"),
                                "same_text": got["text"].lstrip().startswith(first) if first else None}
         out["overhead_seconds"] = round(now() - t0, 1)
 
@@ -573,7 +575,8 @@ def goals(summary: dict) -> dict:
         "whole_share_ge_95pct": None if s4["strop"]["whole_share_of_shown"] is None
         else s4["strop"]["whole_share_of_shown"] >= GOALS["whole_share"],
         "es_within_1_point_of_raw": le(s4.get("es_gap_points"), GOALS["es_gap_points"]),
-        "overhead_le_1_05": le(summary.get("5_overhead", {}).get("all", {}).get("p50_of_ratios"), GOALS["overhead"]),
+        "overhead_le_1_05": None if summary.get("5_overhead", {}).get("note")  # a busy machine: unknown
+        else le(summary.get("5_overhead", {}).get("all", {}).get("p50_of_ratios"), GOALS["overhead"]),
     }
 
 
