@@ -195,8 +195,10 @@ class Completer:
         if full is not None:  # answered from a cold prompt: grow the context in the background
             self.engine.warm(make_job(full, key=req.uri, limits=self.cfg, sampling=self.sampling()))
         if gen is None:
+            log.debug("no generation for %s (superseded, aborted or no model)", req.path)
             return None
         cleaned = clean_generation(gen, ctx, suffix, multiline)
+        log.debug("generation for %s: %r (%s) -> %r %s", req.path, gen.text, gen.stop_reason, cleaned.text, cleaned.rules)
         if not cleaned.text.strip():
             if not gen.complete:
                 log.info("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "

@@ -402,7 +402,8 @@ class Engine:
             except WorkerCrashed as crash:
                 if fut is not None:
                     _resolve(fut, None)
-                self._recover(worker, str(crash))
+                if not self._stopped and not worker.closing:  # not our own shutdown or swap
+                    self._recover(worker, str(crash))
             except Exception as err:  # one failing request must never take the engine down
                 log.exception("generation failed")
                 if fut is not None and not fut.done():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from lsprotocol import types as t
 
 from tests.lsp_support import close_all_docs, open_doc, send_raw, start, status
 
@@ -28,9 +29,10 @@ async def test_a_cancelled_queued_request_does_not_break_the_next_one(smollm_ggu
         a, b = (root / "a.py").as_uri(), (root / "b.py").as_uri()
         open_doc(client, a, TEXT)
         open_doc(client, b, TEXT.replace("x", "y"))
+        calls = (await status(client))["modelCalls"]
         fut_a = send_raw(client, "textDocument/inlineCompletion", _params(a), "A")
         fut_b = send_raw(client, "textDocument/inlineCompletion", _params(b), "B")  # queued behind A
-        client.protocol.notify("$/cancelRequest", {"id": "B"})
+        client.protocol.notify("$/cancelRequest", t.CancelParams(id="B"))
         fut_c = send_raw(client, "textDocument/inlineCompletion", _params(b), "C")
         results = {}
         for name, fut in (("A", fut_a), ("B", fut_b), ("C", fut_c)):
@@ -40,8 +42,9 @@ async def test_a_cancelled_queued_request_does_not_break_the_next_one(smollm_ggu
                 results[name] = err
         assert not isinstance(results["A"], Exception), results["A"]
         assert not isinstance(results["C"], Exception), results["C"]  # was: -32603 InvalidStateError
-        c_items = results["C"]["items"] if isinstance(results["C"], dict) else results["C"].items
-        assert c_items, results["C"]
+        # C ran the model (B was dropped without a model call): whether the small model's text
+        # survives hygiene is not what this test is about.
+        assert (await status(client))["modelCalls"] - calls == 2
         assert (await status(client))["state"] in ("idle", "working")
     finally:
         close_all_docs(client)
@@ -59,7 +62,7 @@ async def test_bursts_of_requests_with_cancellations_all_get_answers(smollm_gguf
         for i in range(40):
             futs.append(send_raw(client, "textDocument/inlineCompletion", _params(uri), f"r{i}"))
             if i % 3 == 1:
-                client.protocol.notify("$/cancelRequest", {"id": f"r{i}"})
+                client.protocol.notify("$/cancelRequest", t.CancelParams(id=f"r{i}"))
         outcomes = []
         for fut in futs:
             try:
@@ -71,6 +74,7 @@ async def test_bursts_of_requests_with_cancellations_all_get_answers(smollm_gguf
         last = outcomes[-1]
         assert not isinstance(last, Exception)
         assert (last["items"] if isinstance(last, dict) else last.items)  # the newest request is answered
+        assert (await status(client))["state"] in ("idle", "working")
     finally:
         close_all_docs(client)
         await client.shutdown_session()

@@ -161,24 +161,25 @@ async def test_a_segfaulting_model_process_costs_one_request_not_the_server(smol
     client = await start(smollm_gguf, tmp_path / "home", root)
     try:
         uri = (root / "m.py").as_uri()
-        open_doc(client, uri, CODE + "def function_40(value):\n    return")
-        first = await status(client)
+        small = CODE[: CODE.index("def function_10")]
+        open_doc(client, uri, small + "def function_10(value):\n    return")
+        first = await eventually_async(client, lambda s: s["warmups"] >= 1)  # the request will be the job in flight
         pid = first["workerPid"]
         assert pid and pid != os.getpid()
-        pending = asyncio.ensure_future(inline(client, uri, 241, 10))
+        pending = asyncio.ensure_future(inline(client, uri, 61, 10))
         await asyncio.sleep(0.05)
         os.kill(pid, signal.SIGSEGV)
-        answer = await asyncio.wait_for(pending, 60)  # answered (empty or not), never an error
+        answer = await asyncio.wait_for(pending, 120)  # answered (empty or not), never an error
         assert answer is not None
         st = await eventually_async(client, lambda s: s["crashes"] == 1 and s["workerPid"] not in (None, pid)
                                     and s["state"] == "idle")
-        later = await inline(client, uri, 241, 10)
+        later = await inline(client, uri, 61, 10)
         assert later is not None and later.items and later.items[0].insert_text.strip()
         crash_notes = [m for m in client.messages if "crashed" in m.message]
         assert len(crash_notes) == 1, client.messages
         os.kill(st["workerPid"], signal.SIGKILL)  # again: served again, and no second popup
         await eventually_async(client, lambda s: s["crashes"] == 2 and s["state"] == "idle")
-        assert (await inline(client, uri, 241, 10)).items
+        assert (await inline(client, uri, 61, 10)).items
         assert len([m for m in client.messages if "crashed" in m.message]) == 1
     finally:
         await client.shutdown_session()
