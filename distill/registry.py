@@ -269,7 +269,7 @@ class _VersionWriter:
         renamed = False
         try:
             sha, size, renamed = _ingest(self.src, gguf, move=self.move, hardlink=self.hardlink, progress=self.progress)
-            os.chmod(gguf, 0o444)
+            os.chmod(gguf, 0o400)  # read-only, owner-only (STROP_HOME is private)
             for name, src in extra_files.items():
                 shutil.copyfile(src, tmp / _plain_file_name(name))
             body = {**manifest, "sha256": sha, "size_bytes": size}
@@ -278,7 +278,7 @@ class _VersionWriter:
                 body["created_at"] = _utc_now()
                 body["version"] = final.name
                 write_json_atomic(tmp / MANIFEST_NAME, body)
-                os.chmod(tmp, 0o755)
+                os.chmod(tmp, 0o700)
                 os.rename(tmp, final)  # fails if `final` exists (it is never empty)
                 fsync_dir(self.parent)
         except OSError as err:

@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from core.private import UMASK
+
 from . import __version__
 from .errors import StropError
 
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(UMASK)  # everything strop writes (STROP_HOME: the log, models, distillation data) is owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
