@@ -72,8 +72,8 @@ def _add_complete(sub) -> None:
 
 def cmd_complete(args) -> int:
     from .completer import Completer, Request
-    from .completion_log import CompletionLog
-    from .config import ServeConfig, log_db_path
+    from .completion_log import open_log
+    from .config import ServeConfig
     from .engine import Engine
     from .lsp import LANGUAGE_BY_EXT
     from .models import git_root, resolve
@@ -96,7 +96,7 @@ def cmd_complete(args) -> int:
     engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers)
     resolved = resolve(args.model, repo)
     engine.load(resolved)
-    clog = None if args.no_log else CompletionLog(log_db_path())
+    clog = None if args.no_log else open_log()
     completer = Completer(engine, cfg, clog, repo=str(repo or ""), repo_name=repo.name if repo else "")
     rel = str(path.relative_to(repo)) if repo and path.is_relative_to(repo) else path.name
     req = Request(uri=path.as_uri(), path=rel, language=LANGUAGE_BY_EXT.get(path.suffix, "plaintext"),
@@ -121,10 +121,9 @@ def _add_stats(sub) -> None:
 
 def cmd_stats(args) -> int:
     from . import stats
-    from .completion_log import CompletionLog
-    from .config import log_db_path
+    from .completion_log import open_log
 
-    clog = CompletionLog(log_db_path())
+    clog = open_log()
     rows = clog.rows("repo = ?", (str(args.repo.resolve()),)) if args.repo else clog.rows()
     result = stats.compute(rows)
     print(json.dumps(result, indent=2) if args.json else stats.render(result))
@@ -132,10 +131,26 @@ def cmd_stats(args) -> int:
 
 
 def _add_log(sub) -> None:
-    p = sub.add_parser("log", help="recent completions, newest first")
+    p = sub.add_parser("log", help="recent completions, newest first; `strop log purge` deletes them",
+                       description="Rows older than STROP_LOG_RETENTION_DAYS (default 30; `never` keeps "
+                                   "all) are deleted whenever the log is opened.")
+    p.add_argument("action", nargs="?", choices=["purge"],
+                   help="purge: delete the logged completions (all, or --older-than) and rewrite the file "
+                        "so that their bytes are gone from the disk")
+    p.add_argument("--older-than", type=_positive_days, metavar="DAYS", help="with purge: only rows older than this")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_log)
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (e.g. 7 or 0.5)")
+    return days
 
 
 LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completion", "outcome",
@@ -143,10 +158,17 @@ LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completi
 
 
 def cmd_log(args) -> int:
-    from .completion_log import CompletionLog
-    from .config import log_db_path
+    from .completion_log import open_log
 
-    rows = [{k: r[k] for k in LOG_FIELDS} for r in CompletionLog(log_db_path()).recent(args.limit)]
+    clog = open_log()
+    if args.action == "purge":
+        n = clog.purge(args.older_than)
+        which = f"older than {args.older_than:g} days" if args.older_than is not None else "all"
+        print(f"purged {n} completions ({which}) from {clog.path}")
+        return 0
+    if args.older_than is not None:
+        raise StropError("--older-than goes with purge: strop log purge --older-than DAYS")
+    rows = [{k: r[k] for k in LOG_FIELDS} for r in clog.recent(args.limit)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
