@@ -34,14 +34,17 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     from .config import ServeConfig
     from .lsp import build_server
+    from .transport import serve_stdio
 
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]  # stdout carries LSP
     if args.log_file:
         handlers.append(logging.FileHandler(args.log_file))
     logging.basicConfig(level=args.log_level, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "DEBUG":  # pygls logs every message it sends at INFO
-        logging.getLogger("pygls").setLevel(logging.WARNING)
+    if args.log_level != "DEBUG":
+        # pygls logs every message it sends at INFO and a traceback for every malformed message at
+        # ERROR; strop answers those itself (server/rpc.py) and logs one line per event worth knowing.
+        logging.getLogger("pygls").setLevel(logging.CRITICAL)
     if args.model is not None and not args.model.is_file():
         raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
@@ -54,8 +57,8 @@ def cmd_serve(args) -> int:
     lsp_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    server.start_io(sys.stdin.buffer, lsp_out)
-    return 0
+    # The exit code is LSP's: 0 after shutdown + exit, else 1.
+    return serve_stdio(server, sys.stdin.buffer, lsp_out, max_message_bytes=cfg.max_message_bytes)
 
 
 def _add_complete(sub) -> None:

@@ -19,8 +19,10 @@ from . import postprocess
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
 from .completion_log import CompletionLog, Record
 from .config import ServeConfig
+from .documents import is_secret_document
 from .engine import Engine, Generation, Job, Sampling
 from .errors import BadRequest, StropError
+from .recent import SHOWN_CAPACITY, Recent
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ def check_request(text: str, offset: int, cfg: ServeConfig) -> str | None:
     return None
 
 
+def refusal(req: Request, cfg: ServeConfig) -> str | None:
+    """Why `req` gets no completion (an empty result, not an error), or None."""
+    if is_secret_document(req.uri):
+        return "it is a secret file (.env, keys, credentials), where strop never completes"
+    return check_request(req.text, req.offset, cfg)
+
+
 class GenerationLimits(Protocol):
     max_new_tokens: int  # multi-line completions
     max_new_tokens_line: int  # single-line completions
@@ -92,7 +101,7 @@ class Completer:
         self.repo = repo
         self.repo_name = repo_name
         self.cache = CompletionCache()
-        self.shown: dict[str, tuple[Request, Shown]] = {}  # id → what was offered, for accept/retention
+        self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
         self.sampling_override: Sampling | None = None
 
@@ -121,9 +130,9 @@ class Completer:
         t0 = time.perf_counter()
         if not 0 <= req.offset <= len(req.text):
             raise BadRequest(f"cursor offset {req.offset} is outside the document (length {len(req.text)}).")
-        why = check_request(req.text, req.offset, self.cfg)
+        why = refusal(req, self.cfg)
         if why:
-            log.info("no completion for %s: %s", req.uri, why)
+            log.debug("no completion for %s: %s", req.uri, why)
             return None
         prefix, suffix = req.text[: req.offset], req.text[req.offset:]
 
@@ -170,7 +179,7 @@ class Completer:
 
     def warm(self, req: Request) -> None:
         """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
-        if self.engine.model is None or check_request(req.text, req.offset, self.cfg):
+        if self.engine.model is None or refusal(req, self.cfg):
             return
         ctx = self.build_context(req)
         warm = getattr(self.engine, "warm", None)

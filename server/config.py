@@ -85,6 +85,7 @@ class ServeConfig:
     retention_after_s: float = 120.0  # measure retention this long after an accept (or at save / N edits)
     retention_after_edits: int = 50
     registry_poll_s: float = 5.0
+    max_message_bytes: int = 64 * 2**20  # a larger LSP message is skipped and answered with an error
     repo_root: Path | None = None
 
     def with_env(self) -> "ServeConfig":
@@ -93,7 +94,7 @@ class ServeConfig:
         for name, cast in (
             ("n_ctx", int), ("n_threads", int), ("n_gpu_layers", int), ("budget_tokens", int),
             ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float), ("registry_poll_s", float),
-            ("retention_after_s", float),
+            ("retention_after_s", float), ("max_message_bytes", int),
         ):
             key = f"STROP_{name.upper()}"
             if key in env:
