@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from . import protocol
+from .params import field
 
 
 def register(server) -> None:
@@ -13,7 +14,6 @@ def register(server) -> None:
 
     @server.feature(protocol.DEBUG_DOCUMENT)
     def debug_document(ls, params) -> dict | None:
-        doc_id = params.get("textDocument") if isinstance(params, dict) else None
-        uri = doc_id.get("uri") if isinstance(doc_id, dict) else None
+        uri = field(field(params, "textDocument"), "uri")
         doc = ls.workspace.document(uri) if isinstance(uri, str) else None
         return None if doc is None else {"uri": doc.uri, "version": doc.version, "text": doc.source}

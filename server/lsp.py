@@ -28,7 +28,7 @@ from .documents import is_secret_document, uri_path
 from .engine import Engine
 from .errors import BadRequest, StropError
 from .models import ResolvedModel, git_root, resolve
-from .params import command_arg, completion_id
+from .params import command_arg, completion_id, uinteger
 from .retention import RetentionTracker
 from .rpc import StropProtocol
 
@@ -424,7 +424,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
     @server.feature(protocol.DID_PARTIALLY_ACCEPT)
     def did_partially_accept(ls: StropServer, params) -> None:
         cid, length = completion_id(protocol.DID_PARTIALLY_ACCEPT, params), _arg(params, "acceptedLength")
-        if not cid or not isinstance(length, int) or isinstance(length, bool) or not 0 <= length < 2**31:
+        if not cid or not uinteger(length):
             log.debug("ignored %s without a non-negative acceptedLength: %.200r", protocol.DID_PARTIALLY_ACCEPT, params)
             return
         offered = ls.completer.shown.get(cid) if ls.completer else None
@@ -442,7 +442,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         doc, pos = _arg(params, "textDocument"), _arg(params, "position")
         uri = _arg(doc, "uri")
         line, char = _arg(pos, "line"), _arg(pos, "character")
-        if not isinstance(uri, str) or not isinstance(line, int) or not isinstance(char, int) or line < 0 or char < 0:
+        if not isinstance(uri, str) or not uinteger(line) or not uinteger(char):
             log.debug("ignoring malformed %s: %r", protocol.DID_MOVE_CURSOR, params)
             return
         ls.cursor = {"uri": uri, "line": line, "character": char}

@@ -25,10 +25,23 @@ def command_arg(command: str, args: tuple, key: str, kind: type, shape: str):
     return value
 
 
+def field(params, key: str):
+    """`params[key]`, or None: pygls hands the params of methods outside LSP over as nested
+    namedtuples (or dicts), whatever the client sent (a list, a string, nothing)."""
+    if isinstance(params, dict):
+        return params.get(key)
+    return getattr(params, key, None) if isinstance(params, tuple) else None
+
+
 def completion_id(method: str, params) -> str | None:
     """The completion id of one of strop's notifications, or None (logged) when it has none."""
-    cid = params.get("id") if isinstance(params, dict) else getattr(params, "id", None)
+    cid = field(params, "id")
     if isinstance(cid, str) and cid:
         return cid
     log.debug("ignored %s without a string id: %.200r", method, params)
     return None
+
+
+def uinteger(value) -> bool:
+    """An LSP uinteger: an int (not a bool) in 0 .. 2**31 - 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31

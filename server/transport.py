@@ -8,8 +8,9 @@ pygls (the protocol, its writer, the handlers):
 
 - a message larger than `max_message_bytes` is skipped (read in chunks and dropped) and answered
   with InvalidRequest and id null; a header line is read up to `MAX_HEADER_LINE` bytes;
-- a body that is not JSON gets ParseError (-32700), one that is not a JSON-RPC 2.0 object
-  InvalidRequest (-32600), both with the id when one can be read, else null;
+- a body that is not JSON gets ParseError (-32700), one that is not a JSON-RPC 2.0 object (or a
+  request whose id is neither a string nor an integer) InvalidRequest (-32600), both with the id
+  when one can be read, else null;
 - the process exit code is 0 after `shutdown` + `exit`, 1 after `exit` alone (LSP), and when
   the client closes the stream: 0 if it had sent `shutdown`, else 1.
 """
@@ -112,6 +113,10 @@ def dispatch(protocol, body: bytes) -> None:
         send_error(protocol, message_id(data), t.ErrorCodes.InvalidRequest,
                    'Invalid request: a message is a JSON object with "jsonrpc": "2.0" and a string "method" '
                    "(LSP sends no batches).")
+        return
+    if "id" in data and "method" in data and message_id(data) is None:
+        send_error(protocol, None, t.ErrorCodes.InvalidRequest,
+                   f'Invalid request: {data["method"]}: "id" must be a string or an integer, not {data["id"]!r:.40}.')
         return
     try:
         message = protocol.structure_message(data)
