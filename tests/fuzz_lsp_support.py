@@ -204,6 +204,7 @@ class FuzzSession:
         self.expected_text: dict[str, tuple[str | None, str]] = {}  # reply key → (text, doc name)
         self.null_replies_expected = 0
         self.failures: list[str] = []
+        self.served: list[str] = []  # ids of completions served, for accept/show/dismiss/partial
         self._n = 0
         self.server.initialize(root)
         self.server.wait_ready()
@@ -321,6 +322,9 @@ class FuzzSession:
             st.fixed_dictionaries({"id": st.one_of(st.text(max_size=8), st.integers(), st.none()),
                                    "acceptedLength": st.one_of(st.integers(), st.text(max_size=3))}),
             st.none(), st.lists(st.integers(), max_size=2), st.text(max_size=5)))
+        real = self._served_id(draw)
+        if real is not None and method.startswith("strop/"):  # the id of a completion served before
+            params = {"id": real, "acceptedLength": draw(st.integers(0, 12))}
         if params is None:
             self.server.notify(method)
             self.stats.messages += 1
@@ -334,7 +338,16 @@ class FuzzSession:
             st.just([{"enabled": True}]), st.just([]),
             st.lists(st.one_of(st.integers(), st.text(max_size=4), st.fixed_dictionaries(
                 {"id": st.text(max_size=6), "enabled": st.one_of(st.booleans(), st.text(max_size=3))})), max_size=2)))
+        real = self._served_id(draw)
+        if real is not None and command == "strop.accept":
+            arguments = [{"id": real}]
         self.request("workspace/executeCommand", {"command": command, "arguments": arguments})
+
+    def _served_id(self, draw) -> str | None:
+        """Now and then the id of a completion the server served (drawn the same way whatever the
+        state, so that hypothesis sees one data generation)."""
+        use, pick = draw(st.booleans()), draw(st.integers(0, 10**6))
+        return self.served[pick % len(self.served)] if use and self.served else None
 
     def _cursor(self, draw, doc: Doc, uri: str) -> None:
         self.notify("strop/didMoveCursor", {"textDocument": {"uri": uri}, "position": self._position(draw, doc)})
@@ -440,7 +453,9 @@ class FuzzSession:
                 self.stats.text_mismatches += 1
                 self.failures.append(f"document {name}: the server has {got!r:.200} where the editor has {text!r:.200}")
         elif what in ("inline", "completion") and reply.get("result"):
-            self.stats.completions_with_items += bool(reply["result"].get("items"))
+            found = reply["result"].get("items") or []
+            self.stats.completions_with_items += bool(found)
+            self.served = (self.served + [i["command"]["arguments"][0]["id"] for i in found])[-50:]
 
     def _check_error(self, reply: dict) -> None:
         error = reply["error"]
