@@ -77,11 +77,14 @@ def cmd_complete(args) -> int:
     from .completer import Completer, Request
     from .completion_log import open_log
     from .config import ServeConfig
+    from .documents import is_secret_document
     from .engine import Engine
     from .lsp import LANGUAGE_BY_EXT
     from .models import git_root, resolve
 
     path = args.file.resolve()
+    if is_secret_document(path.as_uri()):  # decided on the path: the file is never opened
+        raise StropError(f"{args.file} is a secret file (.env, keys, credentials): strop never completes in one.")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

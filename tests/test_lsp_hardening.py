@@ -264,3 +264,16 @@ def test_planted_keys_and_a_dotenv_reach_no_file_under_strop_home(smollm_gguf, t
     assert any(s["path"] == "app.py" for row in snippets for s in row), "ordinary files are context"
     assert server.stop() == 0
     assert not _leaks(home), "after shutdown"
+
+
+def test_strop_complete_refuses_a_secret_file_without_opening_it(tmp_path):
+    import subprocess
+    import sys
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"DB_PASSWORD={DB_PASSWORD}\n")
+    out = subprocess.run([sys.executable, "-m", "server.cli", "complete", str(dotenv), "--line", "1", "--col", "4"],
+                         env=dict(os.environ, STROP_HOME=str(tmp_path / "home")), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "secret file" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "home" / "completions.sqlite3").exists()
