@@ -95,6 +95,7 @@ def main() -> int:
         "document_edits": stats["edits"],
         "document_text_checks": stats["text_checks"],
         "completions_with_items": stats["completions_with_items"],
+        "model_calls": stats["model_calls"],
         "crashes": stats["crashes"] + (0 if alive else 1),
         "hangs": stats["hangs"],
         "lost_replies": stats["lost_replies"],

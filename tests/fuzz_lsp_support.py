@@ -55,7 +55,8 @@ CHARS = st.one_of(
 )
 TEXT = st.lists(st.one_of(st.text(CHARS, max_size=6), st.sampled_from(CODE)), max_size=8).map("".join)
 PROGRAM = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n    return'
-DOCUMENT = st.one_of(TEXT, st.builds(lambda head, tail: head + PROGRAM + tail, TEXT, TEXT))
+DOCUMENT = st.one_of(TEXT, st.builds(lambda head: head + PROGRAM, TEXT),
+                     st.builds(lambda head, tail: head + PROGRAM + tail, TEXT, TEXT))
 
 
 # --- the reference model -------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Stats:
     text_mismatches: int = 0
     max_rss_bytes: int = 0
     first_rss_bytes: int = 0
+    model_calls: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -195,7 +197,9 @@ class FuzzSession:
         self.root = root
         self.max_message_bytes = max_message_bytes
         self.server = RawServer(model, home, root, env={
+            # small prompts, short generations, one thread: many model calls, on busy cores too
             "STROP_DEBUG_REQUESTS": "1", "STROP_TIME_CAP_MS": "250", "STROP_MAX_NEW_TOKENS": "8",
+            "STROP_BUDGET_TOKENS": "256", "STROP_N_THREADS": "1",
             "STROP_MAX_MESSAGE_BYTES": str(max_message_bytes), "STROP_REGISTRY_POLL_S": "3600"})
         self.docs = documents(root)
         self.open: dict[str, str] = {}  # logical name → reference text
@@ -247,7 +251,7 @@ class FuzzSession:
         doc = draw(st.sampled_from(self.docs))
         uri = draw(st.sampled_from(doc.spellings))
         kind = draw(st.sampled_from(
-            ["open", "change", "change", "change", "change", "close", "save", "inline", "inline", "completion",
+            ["open", "open", "change", "change", "change", "change", "close", "save", "inline", "inline", "completion",
              "cancel", "status", "notify", "command", "garbage", "lifecycle", "cursor"]))
         getattr(self, f"_{kind}")(draw, doc, uri)
 
@@ -322,9 +326,9 @@ class FuzzSession:
             st.fixed_dictionaries({"id": st.one_of(st.text(max_size=8), st.integers(), st.none()),
                                    "acceptedLength": st.one_of(st.integers(), st.text(max_size=3))}),
             st.none(), st.lists(st.integers(), max_size=2), st.text(max_size=5)))
-        real = self._served_id(draw)
+        real, length = self._served_id(draw), draw(st.integers(0, 12))
         if real is not None and method.startswith("strop/"):  # the id of a completion served before
-            params = {"id": real, "acceptedLength": draw(st.integers(0, 12))}
+            params = {"id": real, "acceptedLength": length}
         if params is None:
             self.server.notify(method)
             self.stats.messages += 1
@@ -342,10 +346,12 @@ class FuzzSession:
         if real is not None and command == "strop.accept":
             arguments = [{"id": real}]
         self.request("workspace/executeCommand", {"command": command, "arguments": arguments})
+        if command == "strop.toggle":  # on again: the traffic that follows should be served
+            self.request("workspace/executeCommand", {"command": command, "arguments": [{"enabled": True}]})
 
     def _served_id(self, draw) -> str | None:
-        """Now and then the id of a completion the server served (drawn the same way whatever the
-        state, so that hypothesis sees one data generation)."""
+        """Now and then the id of a completion the server served. What is drawn never depends on
+        that state (which outlives an example), or hypothesis sees two data generations."""
         use, pick = draw(st.booleans()), draw(st.integers(0, 10**6))
         return self.served[pick % len(self.served)] if use and self.served else None
 
@@ -433,6 +439,11 @@ class FuzzSession:
         self.null_replies_expected = 0
         rss = server.rss_bytes()
         self.stats.max_rss_bytes = max(self.stats.max_rss_bytes, rss)
+        probe = server.request("strop/status", {}, msg_id=self._id())
+        status = server.wait(probe, REPLY_TIMEOUT_S).get("result") or {}
+        with server._cv:
+            server.replies.pop(json.dumps(probe), None)
+        self.stats.model_calls = status.get("modelCalls", self.stats.model_calls)
 
     def _check(self, key: str, replies: list[dict]) -> None:
         what = self.pending[key][0]

@@ -16,7 +16,7 @@ from tests.fuzz_lsp_support import KNOWN_DEFECT, FuzzSession, log_records, noise
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("STROP_FUZZ_EXAMPLES", "90"))
+EXAMPLES = int(os.environ.get("STROP_FUZZ_EXAMPLES", "150"))
 MAX_STEPS = 60
 RSS_GROWTH_LIMIT = 200 * 2**20
 
