@@ -27,9 +27,3 @@ STATUS_CHANGED = "strop/statusChanged"
 CMD_ACCEPT = "strop.accept"  # arguments: [{"id": str}]; item.command of every completion
 CMD_TOGGLE = "strop.toggle"  # arguments: [] or [{"enabled": bool}] → {"enabled": bool}
 COMMANDS = [CMD_ACCEPT, CMD_TOGGLE]
-
-# Debugging aid, answered only when the server runs with STROP_DEBUG_REQUESTS=1 (tests, fuzzing):
-# params {"textDocument": {"uri"}} → {"uri", "version", "text"}: the server's copy of an open
-# document, or null when it is not open.
-DEBUG_DOCUMENT = "strop/debugDocument"
-DEBUG_ENV = "STROP_DEBUG_REQUESTS"
