@@ -23,8 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.completion_log import CompletionLog
-from server.config import log_db_path, strop_home
+from server.completion_log import open_log
+from server.config import strop_home
 from server.errors import StropError
 from server.models import resolve
 
@@ -80,13 +80,13 @@ def repo_stamp(repo: Path) -> dict:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     dirty = hashlib.sha256(git("status", "--porcelain").encode()).hexdigest()[:16]
-    rows, newest = CompletionLog(log_db_path()).change_stamp(str(repo))
+    rows, newest = open_log().change_stamp(str(repo))
     return {"head": git("rev-parse", "HEAD"), "dirty": dirty, "log_rows": rows, "log_newest": newest}
 
 
 def _logged_contexts(repo: Path) -> list[LoggedContext]:
     out = []
-    for row in CompletionLog(log_db_path()).accepted_contexts(str(repo)):
+    for row in open_log().accepted_contexts(str(repo)):
         accepted = row["accepted_chars"] or len(row["completion"])
         out.append(LoggedContext(path=row["path"], language=row["language"], prefix=row["prefix"],
                                  suffix=row["suffix"], completion=row["completion"][:accepted],

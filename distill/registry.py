@@ -269,7 +269,7 @@ class _VersionWriter:
         renamed = False
         try:
             sha, size, renamed = _ingest(self.src, gguf, move=self.move, hardlink=self.hardlink, progress=self.progress)
-            os.chmod(gguf, 0o444)
+            os.chmod(gguf, 0o400)  # read-only, owner-only (STROP_HOME is private)
             for name, src in extra_files.items():
                 shutil.copyfile(src, tmp / _plain_file_name(name))
             body = {**manifest, "sha256": sha, "size_bytes": size}
@@ -278,7 +278,7 @@ class _VersionWriter:
                 body["created_at"] = _utc_now()
                 body["version"] = final.name
                 write_json_atomic(tmp / MANIFEST_NAME, body)
-                os.chmod(tmp, 0o755)
+                os.chmod(tmp, 0o700)
                 os.rename(tmp, final)  # fails if `final` exists (it is never empty)
                 fsync_dir(self.parent)
         except OSError as err:
@@ -376,22 +376,42 @@ class _Truncated(Exception):
 # GGUF metadata value types (gguf spec): fixed sizes in bytes, and the two variable-length ones.
 _GGUF_FIXED_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
+# Bounds beyond "fits in the file": a crafted header must not cost memory, time or the stack.
+_GGUF_MAX_KEY_BYTES = 65535  # the spec's limit for a key
+_GGUF_MAX_NAME_BYTES = 65535  # tensor names (llama.cpp's own limit is 64)
+_GGUF_MAX_DIMS = 4  # GGML_MAX_DIMS
+_GGUF_MAX_ARRAY_DEPTH = 4  # llama.cpp reads no nested arrays at all
+_GGUF_MAX_COUNT = 1 << 24  # metadata entries, tensors
+# The least bytes one item of a count takes: a key/value (key length, type, 1-byte value), a tensor
+# (name length, dims count, type, offset), a string (its length), an array (type, count).
+_GGUF_MIN_KV, _GGUF_MIN_TENSOR, _GGUF_MIN_STRING, _GGUF_MIN_ARRAY = 13, 24, 8, 12
 
 
 def _read_tensor_table(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...], int, int]]]:
     """Walk a GGUF header: returns (offset of the tensor data, [(name, dims, type id, offset)]).
 
+    Every length the file states is checked against a sane limit (else ModelLoadError) and the bytes
+    left in the file (else _Truncated) before anything is read or skipped, so a crafted header costs
+    no huge allocation, overflow or deep recursion.
+
     Hand-rolled on purpose: gguf.GGUFReader materialises every vocabulary string as a numpy view,
     which takes 5-20 s for a 49k-token vocabulary; skipping over them takes a fraction of a second.
     """
     size = path.stat().st_size
+
+    def corrupt(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{path} is not a valid GGUF file: {what}. The file is corrupt or was crafted; "
+                              "copy or download the model again.")
+
     with open(path, "rb", buffering=1 << 20) as f:
 
+        def left() -> int:
+            return size - f.tell()
+
         def read(n: int) -> bytes:
-            data = f.read(n)
-            if len(data) != n:
-                raise _Truncated(f"wanted {n} bytes at offset {f.tell() - len(data)} of {size}")
-            return data
+            if n > left():
+                raise _Truncated(f"wanted {n} bytes at offset {f.tell()} of {size}")
+            return f.read(n)
 
         def u32() -> int:
             return struct.unpack("<I", read(4))[0]
@@ -399,23 +419,40 @@ def _read_tensor_table(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...]
         def u64() -> int:
             return struct.unpack("<Q", read(8))[0]
 
+        def count(what: str, n: int, item_bytes: int, limit: int = _GGUF_MAX_COUNT) -> int:
+            if n > limit:
+                raise corrupt(f"{what} is {n} (at most {limit})")
+            if n * item_bytes > left():
+                raise _Truncated(f"{what} is {n}, more than the {left()} bytes left in the file can hold")
+            return n
+
+        def string(what: str, limit: int) -> bytes:
+            n = u64()
+            if n > limit:
+                raise corrupt(f"{what} is {n} bytes long (at most {limit})")
+            return read(n)
+
         def skip(n: int) -> None:
-            if f.tell() + n > size:
+            if n > left():
                 raise _Truncated(f"a value of {n} bytes at offset {f.tell()} runs past the end ({size})")
             f.seek(n, os.SEEK_CUR)
 
-        def skip_value(value_type: int) -> None:
+        def skip_value(value_type: int, depth: int = 0) -> None:
             if value_type in _GGUF_FIXED_BYTES:
                 skip(_GGUF_FIXED_BYTES[value_type])
             elif value_type == _GGUF_STRING:
                 skip(u64())
             elif value_type == _GGUF_ARRAY:
-                item_type, count = u32(), u64()
+                if depth >= _GGUF_MAX_ARRAY_DEPTH:
+                    raise corrupt(f"arrays nest deeper than {_GGUF_MAX_ARRAY_DEPTH} levels")
+                item_type, n = u32(), u64()
                 if item_type in _GGUF_FIXED_BYTES:
-                    skip(count * _GGUF_FIXED_BYTES[item_type])
+                    skip(count("an array's length", n, _GGUF_FIXED_BYTES[item_type], limit=size)
+                         * _GGUF_FIXED_BYTES[item_type])
                 else:
-                    for _ in range(count):
-                        skip_value(item_type)
+                    least = _GGUF_MIN_STRING if item_type == _GGUF_STRING else _GGUF_MIN_ARRAY
+                    for _ in range(count("an array's length", n, least, limit=size)):
+                        skip_value(item_type, depth + 1)
             else:
                 raise ModelLoadError(f"{path}: unknown GGUF metadata type {value_type}; the file is corrupt.")
 
@@ -426,18 +463,25 @@ def _read_tensor_table(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...]
         if version not in (2, 3):
             raise ModelLoadError(f"{path} has GGUF version {version}; llama.cpp reads versions 2 and 3.")
         n_tensors, n_kv = u64(), u64()
+        count("the number of tensors", n_tensors, _GGUF_MIN_TENSOR)
+        count("the number of metadata entries", n_kv, _GGUF_MIN_KV)
         alignment = 32  # GGUF's default unless general.alignment says otherwise
         for _ in range(n_kv):
-            key = read(u64())
+            key = string("a metadata key", _GGUF_MAX_KEY_BYTES)
             value_type = u32()
             if key == b"general.alignment" and value_type == _GGUF_UINT32:
                 alignment = u32() or alignment
+                if alignment & (alignment - 1):
+                    raise corrupt(f"general.alignment is {alignment}, not a power of two")
             else:
                 skip_value(value_type)
+        count("the number of tensors", n_tensors, _GGUF_MIN_TENSOR)
         tensors = []
         for _ in range(n_tensors):
-            name = read(u64()).decode("utf-8", "replace")
+            name = string("a tensor name", _GGUF_MAX_NAME_BYTES).decode("utf-8", "replace")
             n_dims = u32()
+            if n_dims > _GGUF_MAX_DIMS:
+                raise corrupt(f"tensor {name[:80]!r} has {n_dims} dimensions (at most {_GGUF_MAX_DIMS})")
             dims = struct.unpack(f"<{n_dims}Q", read(8 * n_dims))
             tensors.append((name, dims, u32(), u64()))
         data_start = -(-f.tell() // alignment) * alignment

@@ -16,6 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from core.private import UMASK
+
 from . import __version__
 from .errors import StropError
 
@@ -33,14 +35,17 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     from .config import ServeConfig
     from .lsp import build_server
+    from .transport import serve_stdio
 
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]  # stdout carries LSP
     if args.log_file:
         handlers.append(logging.FileHandler(args.log_file))
     logging.basicConfig(level=args.log_level, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "DEBUG":  # pygls logs every message it sends at INFO
-        logging.getLogger("pygls").setLevel(logging.WARNING)
+    if args.log_level != "DEBUG":
+        # pygls logs every message it sends at INFO and a traceback for every malformed message at
+        # ERROR; strop answers those itself (server/rpc.py) and logs one line per event worth knowing.
+        logging.getLogger("pygls").setLevel(logging.CRITICAL)
     if args.model is not None and not args.model.is_file():
         raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
@@ -53,8 +58,8 @@ def cmd_serve(args) -> int:
     lsp_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    server.start_io(sys.stdin.buffer, lsp_out)
-    return 0
+    # The exit code is LSP's: 0 after shutdown + exit, else 1.
+    return serve_stdio(server, sys.stdin.buffer, lsp_out, max_message_bytes=cfg.max_message_bytes)
 
 
 def _add_complete(sub) -> None:
@@ -71,13 +76,16 @@ def _add_complete(sub) -> None:
 
 def cmd_complete(args) -> int:
     from .completer import Completer, Request
-    from .completion_log import CompletionLog
-    from .config import ServeConfig, log_db_path
+    from .completion_log import open_log
+    from .config import ServeConfig
+    from .documents import is_secret_document
     from .engine import Engine
     from .lsp import LANGUAGE_BY_EXT
     from .models import git_root, resolve
 
     path = args.file.resolve()
+    if is_secret_document(path.as_uri()):  # decided on the path: the file is never opened
+        raise StropError(f"{args.file} is a secret file (.env, keys, credentials): strop never completes in one.")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -96,7 +104,7 @@ def cmd_complete(args) -> int:
     engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, slots=1)
     resolved = resolve(args.model, repo)
     engine.load(resolved)
-    clog = None if args.no_log else CompletionLog(log_db_path())
+    clog = None if args.no_log else open_log()
     completer = Completer(engine, cfg, clog, repo=str(repo or ""), repo_name=repo.name if repo else "")
     rel = str(path.relative_to(repo)) if repo and path.is_relative_to(repo) else path.name
     req = Request(uri=path.as_uri(), path=rel, language=LANGUAGE_BY_EXT.get(path.suffix, "plaintext"),
@@ -123,10 +131,9 @@ def _add_stats(sub) -> None:
 
 def cmd_stats(args) -> int:
     from . import stats
-    from .completion_log import CompletionLog
-    from .config import log_db_path
+    from .completion_log import open_log
 
-    clog = CompletionLog(log_db_path())
+    clog = open_log()
     rows = clog.rows("repo = ?", (str(args.repo.resolve()),)) if args.repo else clog.rows()
     result = stats.compute(rows)
     print(json.dumps(result, indent=2) if args.json else stats.render(result))
@@ -134,10 +141,26 @@ def cmd_stats(args) -> int:
 
 
 def _add_log(sub) -> None:
-    p = sub.add_parser("log", help="recent completions, newest first")
+    p = sub.add_parser("log", help="recent completions, newest first; `strop log purge` deletes them",
+                       description="Rows older than STROP_LOG_RETENTION_DAYS (default 30; `never` keeps "
+                                   "all) are deleted whenever the log is opened.")
+    p.add_argument("action", nargs="?", choices=["purge"],
+                   help="purge: delete the logged completions (all, or --older-than) and rewrite the file "
+                        "so that their bytes are gone from the disk")
+    p.add_argument("--older-than", type=_positive_days, metavar="DAYS", help="with purge: only rows older than this")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_log)
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (e.g. 7 or 0.5)")
+    return days
 
 
 LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completion", "outcome",
@@ -145,10 +168,17 @@ LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completi
 
 
 def cmd_log(args) -> int:
-    from .completion_log import CompletionLog
-    from .config import log_db_path
+    from .completion_log import open_log
 
-    rows = [{k: r[k] for k in LOG_FIELDS} for r in CompletionLog(log_db_path()).recent(args.limit)]
+    clog = open_log()
+    if args.action == "purge":
+        n = clog.purge(args.older_than)
+        which = f"older than {args.older_than:g} days" if args.older_than is not None else "all"
+        print(f"purged {n} completions ({which}) from {clog.path}")
+        return 0
+    if args.older_than is not None:
+        raise StropError("--older-than goes with purge: strop log purge --older-than DAYS")
+    rows = [{k: r[k] for k in LOG_FIELDS} for r in clog.recent(args.limit)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -198,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(UMASK)  # everything strop writes (STROP_HOME: the log, models, distillation data) is owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -19,8 +19,10 @@ from . import postprocess
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
 from .completion_log import CompletionLog, Record
 from .config import ServeConfig
+from .documents import is_secret_document
 from .engine import Engine, Generation, Job, Sampling
 from .errors import BadRequest, StropError
+from .recent import SHOWN_CAPACITY, Recent
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,13 @@ def check_request(text: str, offset: int, cfg: ServeConfig) -> str | None:
     if line_len > cfg.max_line_chars:
         return f"the current line is longer than {cfg.max_line_chars} characters"
     return None
+
+
+def refusal(req: Request, cfg: ServeConfig) -> str | None:
+    """Why `req` gets no completion (an empty result, not an error), or None."""
+    if is_secret_document(req.uri):
+        return "it is a secret file (.env, keys, credentials), where strop never completes"
+    return check_request(req.text, req.offset, cfg)
 
 
 class GenerationLimits(Protocol):
@@ -104,7 +113,7 @@ class Completer:
         self.repo = repo
         self.repo_name = repo_name
         self.cache = CompletionCache()
-        self.shown: dict[str, tuple[Request, Shown]] = {}  # id → what was offered, for accept/retention
+        self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
@@ -159,7 +168,7 @@ class Completer:
 
     def warm(self, req: Request) -> None:
         """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
-        if self.engine.model is None or check_request(req.text, req.offset, self.cfg):
+        if self.engine.model is None or refusal(req, self.cfg):
             return
         ctx = self.build_context(req)
         self.engine.warm(make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling()))
@@ -169,9 +178,9 @@ class Completer:
         t0 = time.perf_counter()
         if not 0 <= req.offset <= len(req.text):
             raise BadRequest(f"cursor offset {req.offset} is outside the document (length {len(req.text)}).")
-        why = check_request(req.text, req.offset, self.cfg)
+        why = refusal(req, self.cfg)
         if why:
-            log.info("no completion for %s: %s", req.uri, why)
+            log.debug("no completion for %s: %s", req.uri, why)
             return None
         prefix, suffix = req.text[: req.offset], req.text[req.offset:]
 

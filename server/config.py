@@ -5,13 +5,19 @@ Precedence, written once: defaults < environment (STROP_*) < command-line flags.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.private import make_private
+
+from .errors import StropError
+
 
 def strop_home() -> Path:
-    """STROP_HOME, else $XDG_DATA_HOME/strop, else ~/.local/share/strop (created owner-only)."""
+    """STROP_HOME, else $XDG_DATA_HOME/strop, else ~/.local/share/strop: created owner-only, and
+    made owner-only (0700 directories, 0600 files) if it already exists, once per process."""
     env = os.environ.get("STROP_HOME")
     if env:
         home = Path(env).expanduser()
@@ -19,7 +25,13 @@ def strop_home() -> Path:
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         home = Path(xdg) / "strop"
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _made_private(str(home))
     return home
+
+
+@functools.cache
+def _made_private(home: str) -> None:
+    make_private(Path(home))
 
 
 def log_db_path() -> Path:
@@ -32,6 +44,26 @@ def registry_dir() -> Path:
 
 def _flag(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+DEFAULT_LOG_RETENTION_DAYS = 30.0
+
+
+def log_retention_days() -> float | None:
+    """Days the completion log keeps a row (STROP_LOG_RETENTION_DAYS, default 30; `never` keeps all)."""
+    raw = os.environ.get("STROP_LOG_RETENTION_DAYS", "").strip()
+    if not raw:
+        return DEFAULT_LOG_RETENTION_DAYS
+    if raw.lower() == "never":
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not days > 0:  # also NaN
+        raise StropError(f"STROP_LOG_RETENTION_DAYS={raw!r} is not a number of days: set a positive number "
+                         "(e.g. 30), or `never` to keep every completion.")
+    return days
 
 
 @dataclass(frozen=True)
@@ -65,6 +97,7 @@ class ServeConfig:
     retention_after_s: float = 120.0  # measure retention this long after an accept (or at save / N edits)
     retention_after_edits: int = 50
     registry_poll_s: float = 5.0
+    max_message_bytes: int = 64 * 2**20  # a larger LSP message is skipped and answered with an error
     repo_root: Path | None = None
 
     def with_env(self) -> "ServeConfig":
@@ -76,6 +109,9 @@ class ServeConfig:
             ("retention_after_s", float), ("prompt_budget_ms", int), ("warm_budget_ms", int), ("predict_soft_ms", int),
             ("first_request_wait_ms", int), ("warm_slots", int), ("speculative", _flag), ("heal", _flag),
             ("prefix_share", float),
+
+
+            ("retention_after_s", float), ("max_message_bytes", int),
         ):
             key = f"STROP_{name.upper()}"
             if key in env:

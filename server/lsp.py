@@ -15,20 +15,22 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types as t
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
 
-from . import __version__, protocol
+from . import __version__, debug, protocol
 from . import stats as statsmod
 from .completer import Completer, Request
-from .completion_log import CompletionLog
-from .config import ServeConfig, log_db_path
+from .completion_log import CompletionLog, open_log
+from .config import ServeConfig
 from .context import OtherDocument
+from .documents import is_secret_document, uri_path
 from .engine import Engine
 from .errors import BadRequest, StropError
 from .models import ResolvedModel, git_root, resolve
+from .params import command_arg, completion_id, uinteger
 from .retention import RetentionTracker
+from .rpc import StropProtocol
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +74,6 @@ def _common_suffix_len(a: str, b: str, limit: int) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-class StropProtocol(LanguageServerProtocol):
-    """pygls drops a request whose params fail to deserialize without answering it, which leaves
-    the client waiting forever; answer it with InvalidParams instead."""
-
-    def structure_message(self, data):
-        try:
-            return super().structure_message(data)
-        except JsonRpcException as err:
-            if isinstance(data, dict) and "id" in data and "method" in data:
-                cause = err.__cause__ or err
-                reply = JsonRpcInvalidParams(f"{data['method']}: params do not match the LSP schema "
-                                             f"({type(cause).__name__}: {str(cause).splitlines()[0][:200]})")
-                self._send_response(data["id"], None, reply.to_response_error())
-            raise
 
 
 class StropServer(LanguageServer):
@@ -174,6 +160,13 @@ class StropServer(LanguageServer):
         except Exception:
             log.debug("showMessage not sent", exc_info=True)
         self._publish_status()
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """pygls shows an error of a notification handler as a popup. Handlers drop a client's bad
+        notification themselves (debug level); what still fails here (a full disk, a bug) is logged,
+        one line. A request's error is in its answer."""
+        if source is not FeatureRequestError:
+            log.error("%s", str(error).splitlines()[0] if str(error) else type(error).__name__)
 
     def error_to_user(self, err: Exception) -> None:
         self.state, self.message = "error", str(err)
@@ -274,7 +267,7 @@ class StropServer(LanguageServer):
     def others(self, uri: str) -> tuple[OtherDocument, ...]:
         docs = []
         for other_uri, doc in list(self.workspace.text_documents.items()):
-            if other_uri == uri:
+            if other_uri == uri or is_secret_document(other_uri):  # a .env is never context elsewhere
                 continue
             when, line = self.focus.get(other_uri, (0.0, 0))
             docs.append((when, other_uri, OtherDocument(self.relpath(other_uri), doc.source, line)))
@@ -296,21 +289,16 @@ class StropServer(LanguageServer):
 
 
 def _request_from(ls: StropServer, uri: str, position: t.Position, trigger: str) -> tuple[Request, object]:
-    doc = ls.workspace.text_documents.get(uri)
+    doc = ls.workspace.document(uri)
     if doc is None:
         raise BadRequest(f"document {uri} is not open: send textDocument/didOpen first.")
     text = doc.source
-    lines = doc.lines
+    lines = doc.lines  # LSP's lines (server/documents.py)
     if position.line < 0 or position.character < 0:
         raise BadRequest(f"position {position.line}:{position.character} is negative.")
-    if position.line > len(lines) or (position.line == len(lines) and position.character > 0):
+    if position.line >= len(lines):
         raise BadRequest(f"line {position.line} is outside the document ({len(lines)} lines).")
-    if position.line < len(lines):
-        # LSP: a character past the end of the line means the end of the line.
-        line = lines[position.line].rstrip("\r\n")
-        max_units = len(line.encode("utf-16-le")) // 2
-        if position.character > max_units:
-            position = t.Position(position.line, max_units)
+    position = doc.clamp(position)  # LSP: a character past the end of the line means the end of the line
     offset = doc.offset_at_position(position)
     others = ls.others(uri)
     return Request(uri=uri, path=ls.relpath(uri), language=ls.language(uri, doc.language_id), text=text,
@@ -341,15 +329,15 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
             root = params.workspace_folders[0].uri
         elif params.root_uri:
             root = params.root_uri
-        if ls.repo_root is None and root and urlparse(root).scheme == "file":
-            folder = Path(unquote(urlparse(root).path))
+        if ls.repo_root is None and root and uri_path(root):
+            folder = Path(uri_path(root))
             ls.repo_root = git_root(folder) or folder
 
     @server.feature(t.INITIALIZED)
     async def initialized(ls: StropServer, params: t.InitializedParams) -> None:
         ls.loop = asyncio.get_running_loop()
         try:
-            ls.completion_log = CompletionLog(log_db_path())
+            ls.completion_log = open_log()
         except StropError as err:
             ls.error_to_user(err)  # serve without a log rather than not at all
         repo = str(ls.repo_root) if ls.repo_root else ""
@@ -432,16 +420,20 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
 
     @server.command(protocol.CMD_ACCEPT)
     def accept(ls: StropServer, *args):
-        cid = _arg(args[0] if args else None, "id")
+        cid = command_arg(protocol.CMD_ACCEPT, args, "id", str, '{"id": <completion id>}')
         if not cid:
             raise JsonRpcInvalidParams("strop.accept needs one argument {\"id\": <completion id>}.")
         offered = ls.completer.shown.get(cid) if ls.completer else None
         full = offered[1].text if offered else None
+        logged = False
         if ls.completion_log is not None:
             try:
-                ls.completion_log.mark_outcome(cid, "accepted", len(full) if full is not None else None)
+                logged = ls.completion_log.mark_outcome(cid, "accepted", len(full) if full is not None else None)
             except StropError as err:
                 log.error("%s", err)
+        if not offered and not logged:
+            raise JsonRpcInvalidParams(f"strop.accept: no completion has the id {cid!r:.80}; pass the id from "
+                                       "the item's command.")
         if offered:
             req, shown = offered
             text = ls.shadow.get(req.uri, "")
@@ -451,28 +443,28 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
 
     @server.command(protocol.CMD_TOGGLE)
     def toggle(ls: StropServer, *args):
-        wanted = _arg(args[0] if args else None, "enabled")
+        wanted = command_arg(protocol.CMD_TOGGLE, args, "enabled", bool, '{"enabled": true|false}')
         ls.enabled = (not ls.enabled) if wanted is None else bool(wanted)
         ls._publish_status()
         return {"enabled": ls.enabled}
 
     @server.feature(protocol.DID_SHOW)
     def did_show(ls: StropServer, params) -> None:
-        cid = _arg(params, "id")
+        cid = completion_id(protocol.DID_SHOW, params)
         if cid and ls.completion_log is not None:
             ls.completion_log.mark_shown(cid)
 
     @server.feature(protocol.DID_DISMISS)
     def did_dismiss(ls: StropServer, params) -> None:
-        cid = _arg(params, "id")
+        cid = completion_id(protocol.DID_DISMISS, params)
         if cid and ls.completion_log is not None:
             ls.completion_log.mark_outcome(cid, "dismissed")
 
     @server.feature(protocol.DID_PARTIALLY_ACCEPT)
     def did_partially_accept(ls: StropServer, params) -> None:
-        cid, length = _arg(params, "id"), _arg(params, "acceptedLength")
-        if not cid or not isinstance(length, int) or length < 0:
-            log.warning("ignoring malformed %s: %r", protocol.DID_PARTIALLY_ACCEPT, params)
+        cid, length = completion_id(protocol.DID_PARTIALLY_ACCEPT, params), _arg(params, "acceptedLength")
+        if not cid or not uinteger(length):
+            log.debug("ignored %s without a non-negative acceptedLength: %.200r", protocol.DID_PARTIALLY_ACCEPT, params)
             return
         offered = ls.completer.shown.get(cid) if ls.completer else None
         chars = length
@@ -489,7 +481,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         doc, pos = _arg(params, "textDocument"), _arg(params, "position")
         uri = _arg(doc, "uri")
         line, char = _arg(pos, "line"), _arg(pos, "character")
-        if not isinstance(uri, str) or not isinstance(line, int) or not isinstance(char, int) or line < 0 or char < 0:
+        if not isinstance(uri, str) or not uinteger(line) or not uinteger(char):
             log.debug("ignoring malformed %s: %r", protocol.DID_MOVE_CURSOR, params)
             return
         ls.cursor = {"uri": uri, "line": line, "character": char}
@@ -511,6 +503,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
             ls.measure_retention(tracked.uri, closing=True)
         ls.engine.close()
 
+    debug.register(server)  # strop/debugDocument, only with STROP_DEBUG_REQUESTS=1
     return server
 
 

@@ -1,0 +1,1 @@
+"""Rules shared by serving (`server`) and distillation (`distill`); imports neither."""
