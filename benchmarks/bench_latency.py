@@ -115,6 +115,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="picks the files and positions (default %(default)s)")
     ap.add_argument("--cores", type=int, default=2,
                     help="on a machine with more cores, pin the server and raw runs to this many (default %(default)s)")
+    ap.add_argument("--server-set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a serving setting for this run, as STROP_<NAME> (e.g. speculative=1); repeatable")
     ap.add_argument("--skip-raw", action="store_true", help="server sections only, no raw llama-cpp-python (development)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work",
                     help="where the repository is checked out and the server log kept (git-ignored; default %(default)s)")
@@ -316,9 +318,12 @@ class Session:
                              for r in requests]}
 
 
-def server_env(home: Path, pinned: int | None) -> dict:
+def server_env(home: Path, pinned: int | None, settings: list[str] = ()) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}  # the server's own defaults
     env["STROP_HOME"] = str(home)
+    for item in settings:
+        name, _, value = item.partition("=")
+        env[f"STROP_{name.strip().upper()}"] = value
     if pinned:
         env["STROP_N_THREADS"] = str(pinned)
     return env
@@ -327,7 +332,7 @@ def server_env(home: Path, pinned: int | None) -> dict:
 async def server_phase(args, groups: dict[str, list[Position]], root: Path, home: Path, log_path: Path,
                        pinned: int | None) -> dict:
     t0 = now()
-    ed = await Editor.start(server_argv(args.model), server_env(home, pinned), root, log_path, cwd=ROOT,
+    ed = await Editor.start(server_argv(args.model), server_env(home, pinned, args.server_set), root, log_path, cwd=ROOT,
                             debounce_s=args.debounce_ms / 1000, cursor_debounce_s=args.cursor_debounce_ms / 1000)
     ready_s = now() - t0
     session = Session(ed, root, args)

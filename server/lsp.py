@@ -357,7 +357,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         doc = ls.workspace.text_documents.get(uri)
         if doc is not None and doc.lines:
             last = len(doc.lines) - 1
-            ls.warm_up(uri, t.Position(last, len(doc.lines[last].rstrip("\r\n").encode("utf-16-le")) // 2))
+            ls.warm_up(uri, t.Position(last, len(doc.lines[last].rstrip("\r\n").encode("utf-16-le", "surrogatepass")) // 2))
 
     @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: StropServer, params: t.DidChangeTextDocumentParams) -> None:
@@ -470,7 +470,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         chars = length
         if offered:  # acceptedLength is in UTF-16 code units; the log counts characters
             text = offered[1].text
-            chars = len(text.encode("utf-16-le")[: 2 * length].decode("utf-16-le", "ignore"))
+            chars = len(text.encode("utf-16-le", "surrogatepass")[: 2 * length].decode("utf-16-le", "ignore"))
             req = offered[0]
             ls.retention.track(cid, req.uri, ls.shadow.get(req.uri, ""), text[:chars], len(offered[1].prefix))
         if ls.completion_log is not None:

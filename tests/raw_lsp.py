@@ -27,7 +27,9 @@ def frame(obj_or_bytes) -> bytes:
 
 class RawServer:
     def __init__(self, model: Path, home: Path, root: Path, *, env: dict | None = None, args: tuple = ()) -> None:
-        server_env = dict(os.environ, STROP_HOME=str(home), **(env or {}))
+        # Timing-free by default (no cold-prompt cut, no soft prediction stop): tests assert behaviour.
+        server_env = {**os.environ, "STROP_HOME": str(home), "STROP_PROMPT_BUDGET_MS": "0", "STROP_PREDICT_SOFT_MS": "0",
+                      **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env)

@@ -230,12 +230,18 @@ async def test_opening_a_document_warms_its_end_and_a_cursor_move_warms_the_curs
         (row,) = rows(home)
         assert row["n_reused_tokens"] >= row["n_prompt_tokens"] - 3, row  # the prompt was already evaluated
         assert (await status(client))["modelCalls"] == calls + 1  # a warm-up is not a model call
-        # Move to another place: that position's prompt is evaluated before the next keystroke.
-        before = (await status(client))["warmups"]
-        move_cursor(client, uri, 120, 0)
-        st = await eventually_async(client, lambda s: s["warmups"] > before)
+        # Move to another place: that position's prompt is evaluated (or found already in the KV
+        # cache) before the next keystroke, which then reuses it.
+        move_cursor(client, uri, 200, 4)
+        st = await eventually_async(client, lambda s: s["cursor"] is not None and s["state"] == "idle")
         cursor = st["cursor"]
-        assert (cursor.uri, cursor.line, cursor.character) == (uri, 120, 0)
+        assert (cursor.uri, cursor.line, cursor.character) == (uri, 200, 4)
+        await asyncio.sleep(0.5)
+        n_rows = len(rows(home))
+        assert (await inline(client, uri, 200, 4)).items is not None
+        if len(rows(home)) > n_rows:
+            moved = rows(home)[-1]
+            assert moved["n_reused_tokens"] >= moved["n_prompt_tokens"] - 3, moved
     finally:
         close_all_docs(client)
         await client.shutdown_session()
