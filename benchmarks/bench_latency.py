@@ -53,6 +53,7 @@ import platform
 import re
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -715,6 +716,8 @@ def main() -> int:
         log_path = args.work / "last-server.log"
         log_path.unlink(missing_ok=True)
         server = asyncio.run(server_phase(args, groups, root, Path(tmp) / "home", log_path, pinned))
+        if (Path(tmp) / "home" / "completions.sqlite3").exists():  # kept for a look at per-request timings
+            shutil.copy(Path(tmp) / "home" / "completions.sqlite3", args.work / "last-completions.sqlite3")
     load_raw = os.getloadavg()
     lacks = attach_log(server["requests"], server["logged"])
     for rep in server["replays"]:

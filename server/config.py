@@ -81,7 +81,7 @@ class ServeConfig:
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     # Budgets, as llama.vim's t_max_prompt_ms / t_max_predict_ms: reading and writing apart.
-    prompt_budget_ms: int = 600  # new prompt tokens evaluated on a keystroke; a colder prompt is cut to fit (0: off)
+    prompt_budget_ms: int = 450  # new prompt tokens evaluated on a keystroke; a colder prompt is cut to fit (0: off)
     warm_budget_ms: int = 8000  # the full context is sized so that a background warm-up takes at most this
     predict_soft_ms: int = 250  # from the first token: then stop at the next whole line/statement
     time_cap_ms: int = 1500  # from the first token: a suggestion still unfinished then is dropped, not cut

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .fim import FimFormat, Piece, Snippet, layout
+from .postprocess import BLOCK_OPENER_ENDINGS
 
 CountTokens = Callable[[str], int]
 
@@ -97,8 +98,13 @@ def _snippet(doc: OtherDocument, budget: int, chunk: int, count: CountTokens) ->
 
 
 def wants_multiline(line_head: str, line_tail: str) -> bool:
-    """Mid-line (code after the cursor) → one line; at the end of a line → a block may follow."""
-    return line_tail.strip() == ""
+    """A block may follow only on a new line (nothing typed yet but indentation) or after a line
+    that opens a block (`def f():`, `if x {`); elsewhere the suggestion finishes the current line.
+    Mid-line (code after the cursor) is always one line."""
+    if line_tail.strip():
+        return False
+    head = line_head.rstrip()
+    return not head or head.endswith(BLOCK_OPENER_ENDINGS)
 
 
 def build(

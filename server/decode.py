@@ -36,7 +36,7 @@ from .models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
-PROMPT_CHUNK = 64  # tokens per decode while evaluating a prompt: abort latency vs batch efficiency
+PROMPT_CHUNK = 32  # tokens per decode while evaluating a prompt: abort latency vs batch efficiency
 MIN_SAVED_TOKENS = 64  # a KV state shorter than this is not worth saving
 MAX_HEAL_BYTES = 16
 N_DRAFT = 8
@@ -166,7 +166,7 @@ class Decoder:
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        self.saved[self._next_slot] = _Saved(cur, bytes(buf[:n]))
+        self.saved[self._next_slot] = _Saved(cur, ctypes.string_at(buf, n))  # not buf[:n]: a list of ints
         self._next_slot += 1
         while len(self.saved) > self.slots - 1:
             self.saved.popitem(last=False)

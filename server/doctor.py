@@ -68,8 +68,10 @@ def _model(checks: list[Check], explicit: Path | None, repo: Path | None):
 
 
 def _canary(checks: list[Check], resolved, n_threads: int) -> None:
+    from .config import ServeConfig
     from .engine import Engine
 
+    budget_ms = ServeConfig().with_env().prompt_budget_ms
     engine = Engine(n_ctx=1024, n_threads=n_threads, n_gpu_layers=-1, slots=1)
     t0 = time.perf_counter()
     try:
@@ -95,7 +97,7 @@ def _canary(checks: list[Check], resolved, n_threads: int) -> None:
     slow = tps < 100
     checks.append(Check("speed", "warn" if slow else "ok",
                         f"prompt evaluation {tps:.0f} tokens/s, generation {gps:.0f} tokens/s on {n_threads} threads; "
-                        f"a cold prompt within 600 ms holds ~{int(tps * 0.6)} tokens",
+                        f"a cold prompt within {budget_ms} ms holds ~{int(tps * budget_ms / 1000)} tokens",
                         "a smaller model or a GPU build (CMAKE_ARGS=\"-DGGML_CUDA=on\") for larger cold contexts"
                         if slow else ""))
 

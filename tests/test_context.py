@@ -79,5 +79,8 @@ def test_multiline_decision():
     text = "def f():\n    return g(x)\n"
     mid = text.index("g(x)")
     assert build(text, mid, fmt=STARCODER, count=count).multiline is False
-    end = text.index("\n") 
-    assert build(text, end, fmt=STARCODER, count=count).multiline is True
+    end = text.index("\n")
+    assert build(text, end, fmt=STARCODER, count=count).multiline is True  # after a block opener
+    line_end = text.index("g(x)") + len("g(x)")
+    assert build(text, line_end, fmt=STARCODER, count=count).multiline is False  # finishes its line
+    assert build(text + "    ", len(text) + 4, fmt=STARCODER, count=count).multiline is True  # a new line
