@@ -115,6 +115,7 @@ class Completer:
         self.cache = CompletionCache()
         self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
+        self.dropped_incomplete = 0  # generations a cap stopped before a whole line/statement (not shown)
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
     def _count(self, text: str) -> int:
@@ -210,7 +211,8 @@ class Completer:
         log.debug("generation for %s: %r (%s) -> %r %s", req.path, gen.text, gen.stop_reason, cleaned.text, cleaned.rules)
         if not cleaned.text.strip():
             if not gen.complete:
-                log.info("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "
+                self.dropped_incomplete += 1
+                log.debug("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "
                          "(%d tokens in %.0f ms)", req.path, req.text.count("\n", 0, req.offset) + 1, gen.stop_reason,
                          "statement" if multiline else "line", len(gen.tokens), gen.gen_ms)
             return None

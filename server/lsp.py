@@ -113,6 +113,7 @@ class StropServer(LanguageServer):
             "message": self.message,
             "modelCalls": self.engine.model_calls,
             "warmups": self.engine.warmups,
+            "droppedIncomplete": self.completer.dropped_incomplete if self.completer else 0,
             "cursor": self.cursor,
             "workerPid": self.engine.worker_pid,
             "crashes": len(self.engine.crashes),
