@@ -151,9 +151,10 @@ class Completer:
                             budget=budget, path=req.path, language=req.language,
                             others=() if cold else req.others, repo_name=self.repo_name)
 
-    def plan(self, req: Request) -> tuple[ctxmod.Context, Job, ctxmod.Context | None]:
+    def plan(self, req: Request) -> tuple[ctxmod.Context, Job, Job | None]:
         """The job for a request: the full context when the engine holds enough of it warm, else a
-        cold context cut to the prompt budget (and the full one, to warm up afterwards)."""
+        cold context cut to the prompt budget (and the full job, already tokenized, to warm up
+        afterwards)."""
         ctx = self.build_context(req)
         job = make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
         cold = self.cold_budget_tokens()
@@ -165,7 +166,7 @@ class Completer:
             return ctx, replace(job, tokens=tokens), None
         small = self.build_context(req, total_tokens=cold, cold=True)
         small_job = make_job(small, key=req.uri, limits=self.cfg, sampling=self.sampling())
-        return small, replace(small_job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), ctx
+        return small, replace(small_job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), replace(job, tokens=tokens)
 
     def warm(self, req: Request) -> None:
         """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
@@ -203,7 +204,7 @@ class Completer:
             self.engine.abort(req.uri)  # $/cancelRequest: stop the model at its next token
             raise
         if full is not None:  # answered from a cold prompt: grow the context in the background
-            self.engine.warm(make_job(full, key=req.uri, limits=self.cfg, sampling=self.sampling()))
+            self.engine.warm(full)
         if gen is None:
             log.debug("no generation for %s (superseded, aborted or no model)", req.path)
             return None

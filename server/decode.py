@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -405,7 +404,6 @@ class InProcessEngine:
         self.model: LoadedModel | None = None
         self.decoder: Decoder | None = None
         self._piece_cache = PieceTokenCache()
-        self._abort = threading.Event()
 
     def load(self, resolved: ResolvedModel) -> None:
         self.model = load_model(resolved, n_ctx=self.n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers)

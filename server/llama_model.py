@@ -120,7 +120,7 @@ def load_vocab(resolved: ResolvedModel, *, n_ctx: int) -> LoadedModel:
 
 
 def load_model(resolved: ResolvedModel, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-               use_extra_bufts: bool = True, logits_all: bool = False) -> LoadedModel:
+               use_extra_bufts: bool = True) -> LoadedModel:
     """Load a GGUF into llama.cpp (weights and a context).
 
     `use_extra_bufts=False` turns off llama.cpp's extra weight buffer types (repacked CPU kernels such
@@ -142,7 +142,7 @@ def load_model(resolved: ResolvedModel, *, n_ctx: int, n_threads: int, n_gpu_lay
         low.llama_model_default_params = patched
     try:
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                              n_gpu_layers=n_gpu_layers, n_batch=512, logits_all=logits_all, verbose=False)
+                              n_gpu_layers=n_gpu_layers, n_batch=512, verbose=False)
     except (ValueError, RuntimeError, OSError) as err:
         raise _load_error(path, err) from err
     finally:

@@ -148,6 +148,19 @@ def trim_suffix_overlap(text: str, suffix: str) -> str:
     return text
 
 
+def _unquoted(line: str):
+    """(index, character) of one line's characters outside string literals (quotes excluded)."""
+    quote: str | None = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote and line[i - 1] != "\\":
+                quote = None
+        elif ch in "\"'`":
+            quote = ch
+        else:
+            yield i, ch
+
+
 def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
     """On the completion's first line, cut at a closing bracket that has nothing left to close:
     brackets opened earlier on the cursor's line can be closed, unless the text after the cursor
@@ -159,16 +172,9 @@ def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
         elif ch in CLOSERS:
             open_on_line = max(0, open_on_line - 1)
     closable = max(0, open_on_line - sum(1 for ch in line_tail if ch in CLOSERS))
-    line = first_line(text)
     depth = 0
-    quote: str | None = None
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote and line[i - 1] != "\\":
-                quote = None
-        elif ch in "\"'`":
-            quote = ch
-        elif ch in OPENERS:
+    for i, ch in _unquoted(first_line(text)):
+        if ch in OPENERS:
             depth += 1
         elif ch in CLOSERS:
             depth -= 1
@@ -182,16 +188,10 @@ def bracket_depth(text: str) -> int:
     reading: good enough to tell a finished statement from one that continues)."""
     depth = 0
     for line in text.split("\n"):
-        quote: str | None = None
-        for i, ch in enumerate(line):
-            if quote:
-                if ch == quote and line[i - 1] != "\\":
-                    quote = None
-            elif ch in "\"'`":
-                quote = ch
-            elif ch == "#" and depth == 0:
+        for _, ch in _unquoted(line):
+            if ch == "#" and depth == 0:
                 break
-            elif ch in OPENERS:
+            if ch in OPENERS:
                 depth += 1
             elif ch in CLOSERS:
                 depth -= 1

@@ -22,6 +22,11 @@ CLIENT_CAPS = t.ClientCapabilities(
 )
 
 
+# Test servers are timing-free by default (no cold-prompt cut, no soft prediction stop): tests assert
+# behaviour, not speed; the budget tests set their own.
+TIMING_FREE = {"STROP_PREDICT_SOFT_MS": "0", "STROP_PROMPT_BUDGET_MS": "0"}
+
+
 async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | None = None,
                 wait: bool = True) -> LanguageClient:
     client = make_test_lsp_client()
@@ -32,9 +37,7 @@ async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | No
         client.strop_statuses.append(_plain(params))
 
     # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
-    # Timing-free by default: tests assert behaviour, not speed; the budget tests set their own.
-    server_env = {**os.environ, "STROP_HOME": str(home), "STROP_TIME_CAP_MS": "30000", "STROP_PREDICT_SOFT_MS": "0",
-                  "STROP_PROMPT_BUDGET_MS": "0", **(env or {})}
+    server_env = {**os.environ, "STROP_HOME": str(home), "STROP_TIME_CAP_MS": "30000", **TIMING_FREE, **(env or {})}
     await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
                           *extra, env=server_env)
     result = await client.initialize_session(t.InitializeParams(
@@ -97,6 +100,19 @@ async def inline(client: LanguageClient, uri: str, line: int, char: int, invoked
     return await client.text_document_inline_completion_async(t.InlineCompletionParams(
         text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line, char),
         context=t.InlineCompletionContext(trigger_kind=kind)))
+
+
+async def until_status(client: LanguageClient, predicate, timeout_s: float = 60.0) -> dict:
+    """Poll strop/status until `predicate(status)` holds; the status then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        st = await status(client)
+        if predicate(st):
+            return st
+        if loop.time() > deadline:
+            raise AssertionError(f"status never matched: {st}")
+        await asyncio.sleep(0.1)
 
 
 def move_cursor(client: LanguageClient, uri: str, line: int, char: int) -> None:

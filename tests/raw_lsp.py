@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.lsp_support import TIMING_FREE
+
 INIT_CAPS = {
     "general": {"positionEncodings": ["utf-16"]},
     "textDocument": {"inlineCompletion": {}, "completion": {}, "synchronization": {"didSave": True}},
@@ -27,9 +29,7 @@ def frame(obj_or_bytes) -> bytes:
 
 class RawServer:
     def __init__(self, model: Path, home: Path, root: Path, *, env: dict | None = None, args: tuple = ()) -> None:
-        # Timing-free by default (no cold-prompt cut, no soft prediction stop): tests assert behaviour.
-        server_env = {**os.environ, "STROP_HOME": str(home), "STROP_PROMPT_BUDGET_MS": "0", "STROP_PREDICT_SOFT_MS": "0",
-                      **(env or {})}
+        server_env = {**os.environ, "STROP_HOME": str(home), **TIMING_FREE, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env)

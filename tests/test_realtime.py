@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 
 import pytest
 
@@ -19,7 +18,7 @@ from server.decode import Decoder, Generation, Job
 from server.engine import Engine
 from server.llama_model import load_model
 from server.models import ResolvedModel
-from tests.lsp_support import close_all_docs, inline, insert, move_cursor, open_doc, rows, start, status
+from tests.lsp_support import close_all_docs, inline, insert, move_cursor, open_doc, rows, start, status, until_status
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +162,7 @@ async def test_a_segfaulting_model_process_costs_one_request_not_the_server(smol
         uri = (root / "m.py").as_uri()
         small = CODE[: CODE.index("def function_10")]
         open_doc(client, uri, small + "def function_10(value):\n    return")
-        first = await eventually_async(client, lambda s: s["warmups"] >= 1)  # the request will be the job in flight
+        first = await until_status(client, lambda s: s["warmups"] >= 1)  # the request will be the job in flight
         pid = first["workerPid"]
         assert pid and pid != os.getpid()
         pending = asyncio.ensure_future(inline(client, uri, 61, 10))
@@ -171,29 +170,18 @@ async def test_a_segfaulting_model_process_costs_one_request_not_the_server(smol
         os.kill(pid, signal.SIGSEGV)
         answer = await asyncio.wait_for(pending, 120)  # answered (empty or not), never an error
         assert answer is not None
-        st = await eventually_async(client, lambda s: s["crashes"] == 1 and s["workerPid"] not in (None, pid)
+        st = await until_status(client, lambda s: s["crashes"] == 1 and s["workerPid"] not in (None, pid)
                                     and s["state"] == "idle")
         later = await inline(client, uri, 61, 10)
         assert later is not None and later.items and later.items[0].insert_text.strip()
         crash_notes = [m for m in client.messages if "crashed" in m.message]
         assert len(crash_notes) == 1, client.messages
         os.kill(st["workerPid"], signal.SIGKILL)  # again: served again, and no second popup
-        await eventually_async(client, lambda s: s["crashes"] == 2 and s["state"] == "idle")
+        await until_status(client, lambda s: s["crashes"] == 2 and s["state"] == "idle")
         assert (await inline(client, uri, 61, 10)).items
         assert len([m for m in client.messages if "crashed" in m.message]) == 1
     finally:
         await client.shutdown_session()
-
-
-async def eventually_async(client, predicate, timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = await status(client)
-        if predicate(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status never matched: {st}")
-        await asyncio.sleep(0.1)
 
 
 # --- over LSP: first request, warm-ups, the cold prompt budget -----------------------------------
@@ -223,7 +211,7 @@ async def test_opening_a_document_warms_its_end_and_a_cursor_move_warms_the_curs
         uri = (root / "w.py").as_uri()
         text = CODE + "def function_40(value):\n    return"
         open_doc(client, uri, text)
-        await eventually_async(client, lambda s: s["warmups"] >= 1)
+        await until_status(client, lambda s: s["warmups"] >= 1)
         calls = (await status(client))["modelCalls"]
         result = await inline(client, uri, 241, 10)
         assert result.items
@@ -233,7 +221,7 @@ async def test_opening_a_document_warms_its_end_and_a_cursor_move_warms_the_curs
         # Move to another place: that position's prompt is evaluated (or found already in the KV
         # cache) before the next keystroke, which then reuses it.
         move_cursor(client, uri, 200, 4)
-        st = await eventually_async(client, lambda s: s["cursor"] is not None and s["state"] == "idle")
+        st = await until_status(client, lambda s: s["cursor"] is not None and s["state"] == "idle")
         cursor = st["cursor"]
         assert (cursor.uri, cursor.line, cursor.character) == (uri, 200, 4)
         await asyncio.sleep(0.5)
@@ -257,7 +245,7 @@ async def test_a_cold_keystroke_gets_a_prompt_cut_to_the_budget_then_the_full_on
         cold_tokens = max(48, int(st["promptTokensPerS"] * 0.3))  # the completer's floor is 48
         a, b = (root / "a.py").as_uri(), (root / "b.py").as_uri()
         open_doc(client, a, "x = 1\n")  # keep the engine's warm-up busy elsewhere
-        await eventually_async(client, lambda s: s["warmups"] >= 1)
+        await until_status(client, lambda s: s["warmups"] >= 1)
         text = CODE + "def function_40(value):\n    return"
         open_doc(client, b, text)
         result = await inline(client, b, 241, 10)  # the warm-up of b's end has not finished yet
@@ -265,7 +253,7 @@ async def test_a_cold_keystroke_gets_a_prompt_cut_to_the_budget_then_the_full_on
         if first is not None:
             assert first["n_prompt_tokens"] <= cold_tokens + 16, (first["n_prompt_tokens"], cold_tokens)
         # In the background the full context is evaluated; the next request uses it.
-        await eventually_async(client, lambda s: s["warmups"] >= 2 and s["state"] == "idle")
+        await until_status(client, lambda s: s["warmups"] >= 2 and s["state"] == "idle")
         await asyncio.sleep(0.5)
         n_rows = len(rows(home))
         insert(client, b, 241, 10, "x", 2)  # a keystroke the suggestion did not predict (else: typed-through)
