@@ -45,7 +45,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def default_model() -> Path:
-    from server.models import embedded_default
+    from core.models import embedded_default
 
     return embedded_default()
 
@@ -68,9 +68,9 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
     falls on both."""
     from distill.records import read_jsonl
     from distill.sample import Sample, _seed, dropped_path, sample
-    from server import context as ctxmod
-    from server.llama_model import load_model, tokenize_pieces
-    from server.models import ResolvedModel
+    from core import context as ctxmod
+    from core.llama_model import load_model, tokenize_pieces
+    from core.models import ResolvedModel
 
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,
                         n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)

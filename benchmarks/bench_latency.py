@@ -19,7 +19,7 @@ text after the cursor held out (benchmarks/latency/positions.py), then, after th
    says there; beside it raw llama-cpp-python, greedy on the full prompt with no time limit
    (benchmarks/latency/raw.py), at the same document states;
 5. overhead on identical work: strop's LSP round trip ÷ raw llama-cpp-python evaluating the same
-   tokens (each prompt rebuilt from the log's prefix/suffix/snippets with server.fim.layout, its
+   tokens (each prompt rebuilt from the log's prefix/suffix/snippets with core.fim.layout, its
    token count checked against the log) with the same KV-cache reuse, sampling as many tokens;
 6. typing replay: the real next lines typed through the LSP client in real time (keys 1/`--cps`
    apart, `--pause-ms` before each word), a suggestion accepted whenever it matches what remains,
@@ -383,7 +383,7 @@ def attach_log(requests: list[dict], logged: dict) -> list[str]:
 
 def logged_tokens(raw: RawModel, fmt, row: dict) -> list[int]:
     """The prompt strop ran, rebuilt from its log row the way strop lays it out."""
-    from server.fim import Snippet, Special, layout
+    from core.fim import Snippet, Special, layout
 
     snippets = [Snippet(s["path"], s["text"]) for s in json.loads(row["snippets"] or "[]")]
     pieces = layout(fmt, row["prefix"], row["suffix"], snippets=snippets, path=row["path"], language=row["language"],
@@ -707,7 +707,7 @@ def main() -> int:
                                     "replay": (args.replay, args.replay_lines)})
     model_path = args.model
     if model_path is None:
-        from server.models import embedded_default
+        from core.models import embedded_default
 
         model_path = embedded_default()
     model_path = model_path.resolve()

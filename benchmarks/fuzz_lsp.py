@@ -27,7 +27,7 @@ os.chdir(ROOT)  # `python -m server.cli` of this tree
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from server.models import embedded_default  # noqa: E402
+from core.models import embedded_default  # noqa: E402
 from tests.fuzz_lsp_support import FuzzSession, log_records, noise  # noqa: E402
 
 MAX_STEPS = 60

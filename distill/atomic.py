@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from server.errors import DiskFull
+from core.errors import DiskFull
 
 TMP_PREFIX = ".tmp-"  # temporaries of this module (and of the registry's version directories)
 

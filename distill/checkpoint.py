@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.atomic import TMP_PREFIX, atomic_dir
-from server.errors import StropError
+from core.errors import StropError
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 KEEP_CHECKPOINTS = 2  # the newest, plus one in case the newest's files are damaged afterwards

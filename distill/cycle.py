@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.completion_log import open_log
-from server.config import strop_home
-from server.errors import StropError
-from server.models import resolve
+from core.paths import strop_home
+from core.errors import StropError
+from core.models import resolve
 
 from .atomic import write_json_atomic
 from .evaluate import EvalConfig, compare, write_report

@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from server import context as ctxmod
+from core import context as ctxmod
 from server.completer import clean_generation, make_job
-from server.decode import InProcessEngine, Sampling
-from server.llama_model import tokenize_pieces
-from server.models import ResolvedModel
+from core.decode import InProcessEngine, Sampling
+from core.llama_model import tokenize_pieces
+from core.models import ResolvedModel
 
 from .records import EvalItem
 from .sample import _seed

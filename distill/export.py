@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from distill.atomic import atomic_output
 from distill.tokenize import adds_bos
-from server.errors import ModelLoadError, ModelNotFound, StropError
-from server.fim import KNOWN_FORMATS, detect
+from core.errors import ModelLoadError, ModelNotFound, StropError
+from core.fim import KNOWN_FORMATS, detect
 
 MetadataValue = str | int | float
 _ARCHS: dict[str, gguf.MODEL_ARCH] = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}

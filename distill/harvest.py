@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from distill.records import LoggedContext, Prompt
 from distill.scrub import REDACTED, is_secret_file, redact
-from server.errors import StropError
+from core.errors import StropError
 
 DEFAULT_MAX_PREFIX_CHARS = 6000
 DEFAULT_MAX_SUFFIX_CHARS = 2000

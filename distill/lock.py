@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from server.config import strop_home
-from server.errors import StropError
+from core.paths import strop_home
+from core.errors import StropError
 
 
 class LockHeld(StropError):

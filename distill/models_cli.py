@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from distill.registry import Entry, ModelStore, Progress, Registry, repo_key, validate_gguf
-from server.errors import ModelLoadError, ModelNotFound, OfflineError, StropError
-from server.models import git_root
+from core.errors import ModelLoadError, ModelNotFound, OfflineError, StropError
+from core.models import git_root
 
 # Picked, in this order, when a hub repository holds several GGUFs and --file is not given:
 # strop serves small code models, where 8-bit costs little and keeps quality.

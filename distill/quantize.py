@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distill.atomic import atomic_output
 from distill.export import ExportError, validate_gguf
-from server.errors import DiskFull
+from core.errors import DiskFull
 
 # Name → llama_cpp ftype constant name; the names are llama.cpp's `llama-quantize` type names.
 QTYPES: dict[str, str] = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from server.errors import StropError
+from core.errors import StropError
 
 PROMPT_KINDS = frozenset({"fim_line", "fim_block", "fim_span", "next_line", "next_block", "logged"})
 EVAL_KINDS = frozenset({"next_line", "fim_line", "fim_block"})

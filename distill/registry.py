@@ -45,8 +45,8 @@ from pathlib import Path
 
 from distill.atomic import TMP_PREFIX, fsync_dir, write_json_atomic
 from distill.lock import exclusive
-from server.config import registry_dir, strop_home
-from server.errors import DiskFull, ModelLoadError, ModelNotFound, StropError
+from core.paths import registry_dir, strop_home
+from core.errors import DiskFull, ModelLoadError, ModelNotFound, StropError
 
 SOURCES = ("distill", "import", "pull")
 GGUF_NAME = "model.gguf"

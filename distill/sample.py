@@ -3,7 +3,7 @@
 Raised temperature with top-k/top-p truncation (applied temperature → top-k → top-p, as in the SSD
 paper), N samples per prompt, no correctness filter: only degenerate samples (empty, whitespace,
 repetition loops) are dropped, and counted by reason. Prompts are laid out and decoded exactly as
-`strop serve` does (server.context + server.engine + server.postprocess), so the model learns the
+`strop serve` does (core.context + server.engine + core.postprocess), so the model learns the
 sequences it is served with. Samples are appended to a JSONL file as they are produced; a restarted
 run skips the (prompt, index) pairs already there.
 """
@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from server import context as ctxmod
+from core import context as ctxmod
 from server.completer import clean_generation, make_job
-from server.decode import InProcessEngine, Sampling
-from server.models import ResolvedModel
+from core.decode import InProcessEngine, Sampling
+from core.models import ResolvedModel
 
 from .records import Prompt, append_jsonl, read_jsonl
 

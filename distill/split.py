@@ -46,7 +46,7 @@ from distill.harvest import (
 )
 from distill.records import EvalItem, read_jsonl, write_jsonl
 from distill.scrub import REDACTED, Redaction, apply_redactions, find_secrets, redact
-from server.errors import StropError
+from core.errors import StropError
 
 # --- test files -----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Training examples as token ids: the prompt laid out exactly as the server lays it out, labels on the
 completion only.
 
-The prompt comes from `server.fim.layout` (the one function serving uses), so the model is trained on
+The prompt comes from `core.fim.layout` (the one function serving uses), so the model is trained on
 the token sequence it is served with. Labels are built here, at dataset preparation: -100 over the
 prompt, then the completion's ids and one end-of-text id, which teaches the model to stop.
 
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import StropError
-from server.fim import FimFormat, Piece, Special, layout, split_current_line
+from core.errors import StropError
+from core.fim import FimFormat, Piece, Special, layout, split_current_line
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and ours) skips
 

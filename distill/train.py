@@ -35,8 +35,8 @@ from distill.checkpoint import (
     save_checkpoint,
 )
 from distill.tokenize import IGNORE_INDEX, TrainExample, encode_example, end_of_text_id
-from server.errors import ModelLoadError, ModelNotFound, StropError
-from server.fim import FimFormat, detect
+from core.errors import ModelLoadError, ModelNotFound, StropError
+from core.fim import FimFormat, detect
 
 __all__ = ["TrainConfig", "TrainExample", "TrainResult", "Runtime", "choose_device", "load_base",
            "encode_examples", "completion_loss", "accumulate_gradients", "wrap_lora", "save_outputs", "train"]

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import strop_home
+from core.paths import strop_home
 
 # Tried in order: llama.cpp's defaults, then without extra buffer types (no repacked/AMX kernels).
 CANDIDATES: tuple[dict, ...] = ({"use_extra_bufts": True}, {"use_extra_bufts": False})

@@ -19,7 +19,7 @@ from pathlib import Path
 from core.private import UMASK
 
 from . import __version__
-from .errors import StropError
+from core.errors import StropError
 
 
 def _add_serve(sub) -> None:
@@ -81,7 +81,7 @@ def cmd_complete(args) -> int:
     from .documents import is_secret_document
     from .engine import Engine
     from .lsp import LANGUAGE_BY_EXT
-    from .models import git_root, resolve
+    from core.models import git_root, resolve
 
     path = args.file.resolve()
     if is_secret_document(path.as_uri()):  # decided on the path: the file is never opened
@@ -200,7 +200,7 @@ def _add_doctor(sub) -> None:
 
 def cmd_doctor(args) -> int:
     from . import doctor
-    from .models import git_root
+    from core.models import git_root
 
     logging.basicConfig(level=logging.ERROR)
     repo = (args.repo.resolve() if args.repo else None) or git_root(Path.cwd())

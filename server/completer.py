@@ -14,14 +14,14 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from . import context as ctxmod
-from . import postprocess
+from core import context as ctxmod
+from core import postprocess
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
 from .completion_log import CompletionLog, Record
 from .config import ServeConfig
 from .documents import is_secret_document
 from .engine import Engine, Generation, Job, Sampling
-from .errors import BadRequest, StropError
+from core.errors import BadRequest, StropError
 from .recent import SHOWN_CAPACITY, Recent
 
 log = logging.getLogger(__name__)

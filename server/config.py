@@ -5,41 +5,11 @@ Precedence, written once: defaults < environment (STROP_*) < command-line flags.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.private import make_private
-
-from .errors import StropError
-
-
-def strop_home() -> Path:
-    """STROP_HOME, else $XDG_DATA_HOME/strop, else ~/.local/share/strop: created owner-only, and
-    made owner-only (0700 directories, 0600 files) if it already exists, once per process."""
-    env = os.environ.get("STROP_HOME")
-    if env:
-        home = Path(env).expanduser()
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        home = Path(xdg) / "strop"
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _made_private(str(home))
-    return home
-
-
-@functools.cache
-def _made_private(home: str) -> None:
-    make_private(Path(home))
-
-
-def log_db_path() -> Path:
-    return strop_home() / "completions.sqlite3"
-
-
-def registry_dir() -> Path:
-    return strop_home() / "registry"
+from core.errors import StropError
 
 
 def _flag(value: str) -> bool:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StropError
+from core.errors import StropError
 
 CPU_FEATURES = ("amx_tile", "amx_int8", "amx_bf16", "avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "f16c")
 
@@ -46,8 +46,8 @@ def _build(checks: list[Check]) -> None:
 
 
 def _model(checks: list[Check], explicit: Path | None, repo: Path | None):
-    from .llama_model import load_vocab
-    from .models import resolve
+    from core.llama_model import load_vocab
+    from core.models import resolve
 
     try:
         resolved = resolve(explicit, repo)
@@ -103,7 +103,7 @@ def _canary(checks: list[Check], resolved, n_threads: int) -> None:
 
 
 def _home(checks: list[Check]) -> None:
-    from .config import log_db_path, strop_home
+    from core.paths import log_db_path, strop_home
 
     home = strop_home()
     loose = []

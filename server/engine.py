@@ -34,11 +34,11 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 
 from . import canary as canarymod
-from .decode import Generation, Job, Sampling, common_prefix
-from .errors import ModelLoadError
-from .fim import Piece
-from .llama_model import LoadedModel, PieceTokenCache, load_vocab, tokenize_pieces
-from .models import ResolvedModel
+from core.decode import Generation, Job, Sampling, common_prefix
+from core.errors import ModelLoadError
+from core.fim import Piece
+from core.llama_model import LoadedModel, PieceTokenCache, load_vocab, tokenize_pieces
+from core.models import ResolvedModel
 
 log = logging.getLogger(__name__)
 

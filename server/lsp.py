@@ -23,11 +23,11 @@ from . import stats as statsmod
 from .completer import Completer, Request
 from .completion_log import CompletionLog, open_log
 from .config import ServeConfig
-from .context import OtherDocument
+from core.context import OtherDocument
 from .documents import is_secret_document, uri_path
 from .engine import Engine
-from .errors import BadRequest, StropError
-from .models import ResolvedModel, git_root, resolve
+from core.errors import BadRequest, StropError
+from core.models import ResolvedModel, git_root, resolve
 from .params import command_arg, completion_id, uinteger
 from .retention import RetentionTracker
 from .rpc import StropProtocol

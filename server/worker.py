@@ -22,9 +22,9 @@ import sys
 from collections import deque
 from multiprocessing.connection import Connection
 
-from .decode import Decoder, Job, canary
-from .errors import ModelLoadError
-from .llama_model import load_model
+from core.decode import Decoder, Job, canary
+from core.errors import ModelLoadError
+from core.llama_model import load_model
 
 log = logging.getLogger("strop.worker")
 

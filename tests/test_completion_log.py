@@ -6,7 +6,7 @@ import pytest
 
 from server import stats
 from server.completion_log import SCHEMA_VERSION, CompletionLog, Record
-from server.errors import StropError
+from core.errors import StropError
 
 
 def rec(cid, **kw):

@@ -1,7 +1,7 @@
 """Prompt context: budgets, chunk-aligned windows, and the KV-cache prefix surviving keystrokes."""
 
-from server.context import Budget, OtherDocument, build
-from server.fim import KNOWN_FORMATS, Special, layout, render
+from core.context import Budget, OtherDocument, build
+from core.fim import KNOWN_FORMATS, Special, layout, render
 
 STARCODER = next(f for f in KNOWN_FORMATS if f.name == "starcoder")
 

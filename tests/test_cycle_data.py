@@ -34,7 +34,7 @@ def test_config_precedence_and_file_selection_for_split_and_prompts_alike(tmp_pa
     import pytest
 
     from distill.cycle import load_config
-    from server.errors import StropError
+    from core.errors import StropError
 
     toml = tmp_path / "distill.toml"
     toml.write_text('[sample]\ntemperature = 1.2\nn_per_prompt = 2\n\n[files]\nexclude_globs = ["gen/**"]\n'

@@ -18,8 +18,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from distill.export import ExportError, export_gguf, roundtrip_check, validate_gguf
 from distill.quantize import quantize_gguf
-from server.errors import DiskFull, ModelLoadError, ModelNotFound
-from server.fim import detect
+from core.errors import DiskFull, ModelLoadError, ModelNotFound
+from core.fim import detect
 from tests.fixtures.tiny_model import TinyModel
 
 CODE_PROMPTS = (

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distill.registry import check_gguf_structure
-from server.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 U8, U32, STRING, ARRAY, U64 = 0, 4, 8, 9, 10
 

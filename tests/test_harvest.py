@@ -27,7 +27,7 @@ from tests.fixtures.fixture_repo import (  # noqa: F401  (fixture_repo is a pyte
     fixture_repo,
     record_opens,
 )
-from server.errors import StropError
+from core.errors import StropError
 
 EXPECTED_FILES = [
     "Makefile", "bin/tally", "pyproject.toml", "scripts/release.sh", "src/tally/__init__.py",

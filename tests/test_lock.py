@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from distill.lock import CycleLock, LockHeld, exclusive
-from server.errors import StropError
+from core.errors import StropError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from server.fim import render
+from core.fim import render
 from tests.lsp_support import inline, item_id, open_doc, rows, start, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -44,8 +44,8 @@ async def test_fim_completion_uses_the_suffix(served):
     assert row["prefix"].endswith("    data = ")
     assert row["n_prompt_tokens"] > 10
     # the prompt layout the engine used: typed part of the line after the middle marker
-    from server.context import build
-    from server.fim import KNOWN_FORMATS
+    from core.context import build
+    from core.fim import KNOWN_FORMATS
 
     fmt = next(f for f in KNOWN_FORMATS if f.name == "starcoder")
     ctx = build(SOURCE, SOURCE.index("    data = ") + len("    data = "), fmt=fmt, count=len)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.postprocess import (balance_brackets, block_scope, clean, cut_repetition, drop_partial_line, first_line,
+from core.postprocess import (balance_brackets, block_scope, clean, cut_repetition, drop_partial_line, first_line,
                                 generation_done, trim_suffix_overlap)
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from server import postprocess
 from server.completer import clean_generation
-from server.context import build
-from server.decode import Decoder, Generation, Job
+from core.context import build
+from core.decode import Decoder, Generation, Job
 from server.engine import Engine
-from server.llama_model import load_model
-from server.models import ResolvedModel
+from core.llama_model import load_model
+from core.models import ResolvedModel
 from tests.lsp_support import close_all_docs, inline, insert, move_cursor, open_doc, rows, start, status, until_status
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,7 @@ from distill.registry import (
     repo_key,
     validate_gguf,
 )
-from server.errors import ModelLoadError, ModelNotFound, StropError
+from core.errors import ModelLoadError, ModelNotFound, StropError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = "proj-0123abcd"

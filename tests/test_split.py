@@ -10,7 +10,7 @@ import distill.split as split_module
 from distill.harvest import FileFilter, decode_source, list_source_files
 from distill.scrub import redact
 from distill.split import Split, SplitConfig, choose_cutoff, first_parent_history, is_test_path, split_repo
-from server.errors import StropError
+from core.errors import StropError
 from tests.fixtures.fixture_repo import (  # noqa: F401  (fixture_repo is a pytest fixture)
     NEVER_READ_MARKERS,
     PLANTED_SECRETS,

@@ -22,8 +22,8 @@ from distill.checkpoint import checkpoints
 from distill.tokenize import IGNORE_INDEX, TrainExample, encode_example, end_of_text_id, pieces_to_ids
 from distill.train import (TrainConfig, wrap_lora, accumulate_gradients, choose_device, load_base,
                            train)
-from server.errors import StropError
-from server.fim import KNOWN_FORMATS, Special, layout
+from core.errors import StropError
+from core.fim import KNOWN_FORMATS, Special, layout
 
 REPO = Path(__file__).resolve().parents[1]
 STARCODER = next(f for f in KNOWN_FORMATS if f.name == "starcoder")
@@ -107,8 +107,8 @@ def test_training_prompt_is_the_serving_layout(tokenizer, prefix, suffix):
 def test_training_tokens_equal_what_llama_cpp_serves(tiny_fim_model, tokenizer):
     """The same pieces through the server's tokenizer path (llama.cpp on the GGUF) give the same ids."""
     pytest.importorskip("llama_cpp")
-    from server.llama_model import load_model, tokenize_pieces
-    from server.models import ResolvedModel
+    from core.llama_model import load_model, tokenize_pieces
+    from core.models import ResolvedModel
 
     served = load_model(ResolvedModel(path=tiny_fim_model.gguf_f32, name="tiny", version="t", source="flag"),
                         n_ctx=256, n_threads=1, n_gpu_layers=0)
@@ -278,7 +278,7 @@ import json, sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 from distill.atomic import atomic_dir, write_json_atomic
-from server.errors import DiskFull
+from core.errors import DiskFull
 
 small = Path(sys.argv[1])
 dest = small / "merged"

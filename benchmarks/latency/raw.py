@@ -64,8 +64,8 @@ class RawModel:
         return ids[0]
 
     def fim_format(self):
-        """strop's name for this model's FIM convention (server.fim.detect on its control tokens)."""
-        from server.fim import detect
+        """strop's name for this model's FIM convention (core.fim.detect on its control tokens)."""
+        from core.fim import detect
 
         lib, vocab = self.lib, self.llm._model.vocab
         table = {self.llm._model.token_get_text(tok): tok for tok in range(lib.llama_vocab_n_tokens(vocab))
