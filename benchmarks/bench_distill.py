@@ -67,7 +67,7 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
     alternated `rounds` times (strop, raw, strop, raw, ...) so that drift in the machine's speed
     falls on both."""
     from distill.records import read_jsonl
-    from distill.sample import Sample, _seed, dropped_path, sample
+    from distill.sample import Sample, seed_for, dropped_path, sample
     from core import context as ctxmod
     from core.llama_model import load_model, tokenize_pieces
     from core.models import ResolvedModel
@@ -102,7 +102,7 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
                     # the same samples as strop drew: the token that ended the line or block, or an
                     # end-of-generation token that strop samples but does not keep
                     n = s.n_tokens + (1 if s.stop_reason == "eog" else 0)
-                    llm.set_seed(_seed(cfg.seed, p.id, i))
+                    llm.set_seed(seed_for(cfg.seed, p.id, i))
                     gen = llm.generate(ids, temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
                                        repeat_penalty=1.0, reset=True)
                     for produced, _ in enumerate(gen, start=1):
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench_train import compare_loops
     from distill.cycle import Cycle, load_config
     from distill.records import EvalItem, Prompt, read_jsonl
-    from distill.registry import Registry, repo_key
+    from core.registry import repo_key
+    from distill.registry import Registry
     from distill.sample import Sample
     from distill.tokenize import TrainExample
 

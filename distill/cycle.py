@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import subprocess
 import sys
 import time
 import tomllib
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from server.completion_log import open_log
 from core.paths import strop_home
+from core import git as gitmod
 from core.errors import StropError
 from core.models import resolve
 
@@ -33,7 +33,9 @@ from .evaluate import EvalConfig, compare, write_report
 from .harvest import HarvestConfig, count_by_kind, harvest
 from .lock import CycleLock
 from .records import EvalItem, LoggedContext, Prompt, read_jsonl, write_jsonl
-from .registry import Registry, repo_key
+from core.registry import repo_key
+
+from .registry import Registry
 from .sample import Sample, SampleConfig, sample
 from .split import SplitConfig, TrainText, split_repo
 from .tokenize import TrainExample
@@ -76,8 +78,7 @@ def _say(msg: str) -> None:
 def repo_stamp(repo: Path) -> dict:
     """What the skip check compares: the commit, uncommitted changes, and the log's activity."""
     def git(*args) -> str:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return gitmod.output(repo, *args) or ""
 
     dirty = hashlib.sha256(git("status", "--porcelain").encode()).hexdigest()[:16]
     rows, newest = open_log().change_stamp(str(repo))

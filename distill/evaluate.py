@@ -23,7 +23,7 @@ from core.llama_model import tokenize_pieces
 from core.models import ResolvedModel
 
 from .records import EvalItem
-from .sample import _seed
+from .sample import seed_for
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Evaluator:
         ctx = self._context(item)
         multiline = ctx.multiline and item.kind != "fim_line"
         job = make_job(ctx, key="eval", limits=self.cfg, multiline=multiline,
-                       sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p, seed=_seed(self.cfg.seed, item.id, 0)))
+                       sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p, seed=seed_for(self.cfg.seed, item.id, 0)))
         gen = self.engine.generate(self.model, job)
         return clean_generation(gen, ctx, item.suffix, multiline).text if gen is not None else ""
 

@@ -36,7 +36,7 @@ from core.errors import ModelLoadError, ModelNotFound, StropError
 from core.fim import KNOWN_FORMATS, detect
 
 MetadataValue = str | int | float
-_ARCHS: dict[str, gguf.MODEL_ARCH] = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+ARCHS: dict[str, gguf.MODEL_ARCH] = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 _DTYPES = {"f32": (np.float32, gguf.LlamaFileType.ALL_F32), "f16": (np.float16, gguf.LlamaFileType.MOSTLY_F16)}
 # End-of-text strings, most preferred first; the FIM middle a model writes ends with one of these.
 _EOT_STRINGS = ("<|endoftext|>", "<|eot_id|>", "<|EOT|>", "<EOT>", "<|im_end|>")
@@ -74,10 +74,10 @@ def export_gguf(
         raise ExportError("The model still has PEFT (LoRA) wrappers; merge them first with "
                           "`model = model.merge_and_unload()` and export the merged model.")
     config = model.config
-    arch = _ARCHS.get(config.model_type)
+    arch = ARCHS.get(config.model_type)
     if arch is None:
         raise ExportError(f"Cannot export architecture {config.model_type!r} to GGUF: strop supports "
-                          f"{sorted(_ARCHS)}.")
+                          f"{sorted(ARCHS)}.")
     np_dtype, file_type = _DTYPES[dtype]
     tensors = _plan_tensors(model, arch, np_dtype)
 
@@ -131,11 +131,11 @@ class _PlannedTensor:
     def to_numpy(self) -> np.ndarray:
         data = self.source.detach().to(device="cpu", dtype=torch.float32).numpy()
         if self.permute_heads is not None:
-            data = _rope_permute(data, self.permute_heads)
+            data = rope_permute(data, self.permute_heads)
         return np.ascontiguousarray(data.astype(self.dtype, copy=False))
 
 
-def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half q/k rows → llama.cpp's interleaved rotary layout (as convert_hf_to_gguf)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -355,28 +355,6 @@ def _open_reader(path: Path) -> gguf.GGUFReader:
             f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it is corrupt, truncated "
             "or not a GGUF. Re-export or re-download it."
         ) from exc
-
-
-def validate_gguf(path: str | os.PathLike[str]) -> None:
-    """Raise ModelLoadError unless `path` parses as GGUF and every tensor's data lies inside the file.
-
-    Cheap (reads the header and memory-maps the rest); no llama.cpp load. A missing file raises
-    ModelNotFound.
-    """
-    p = Path(path)
-    reader = _open_reader(p)
-    size = p.stat().st_size
-    if gguf.Keys.General.ARCHITECTURE not in reader.fields:
-        raise ModelLoadError(f"{p} has no {gguf.Keys.General.ARCHITECTURE} key; it is not a model GGUF.")
-    if not reader.tensors:
-        raise ModelLoadError(f"{p} contains no tensors; it is not a model GGUF (or it was cut short).")
-    for t in reader.tensors:
-        end = t.data_offset + t.n_bytes
-        if end > size or t.data.nbytes != t.n_bytes:
-            raise ModelLoadError(
-                f"{p} is truncated: tensor {t.name!r} needs bytes up to {end} but the file has {size}. "
-                "Re-export or re-download it."
-            )
 
 
 # --- round trip ---------------------------------------------------------------------------------

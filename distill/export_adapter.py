@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from distill.atomic import atomic_output
-from distill.export import _ARCHS, ExportError, _rope_permute
+from distill.export import ARCHS, ExportError, rope_permute
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -42,10 +42,10 @@ def export_adapter_gguf(adapter_dir: str | os.PathLike[str], base_config: Any,
     if adapter_cfg.get("peft_type") != "LORA" or adapter_cfg.get("use_rslora") or adapter_cfg.get("use_dora"):
         raise ExportError(f"{adapter_dir} holds a {adapter_cfg.get('peft_type')} adapter (rsLoRA/DoRA: "
                           f"{adapter_cfg.get('use_rslora')}/{adapter_cfg.get('use_dora')}); llama.cpp loads plain LoRA only.")
-    arch = _ARCHS.get(base_config.model_type)
+    arch = ARCHS.get(base_config.model_type)
     if arch is None:
         raise ExportError(f"Cannot export an adapter of architecture {base_config.model_type!r}; strop supports "
-                          f"{sorted(_ARCHS)}.")
+                          f"{sorted(ARCHS)}.")
     name_map = gguf.get_tensor_name_map(arch, base_config.num_hidden_layers)
     tensors: dict[str, np.ndarray] = {}
     for key, value in sorted(weights.items()):
@@ -58,9 +58,9 @@ def export_adapter_gguf(adapter_dir: str | os.PathLike[str], base_config: Any,
             raise ExportError(f"Cannot map the adapted layer {module!r} to a GGUF tensor name.")
         data = value.astype(np.float32)
         if part.startswith("B") and arch == gguf.MODEL_ARCH.LLAMA and module.endswith("q_proj"):
-            data = _rope_permute(data, base_config.num_attention_heads)
+            data = rope_permute(data, base_config.num_attention_heads)
         elif part.startswith("B") and arch == gguf.MODEL_ARCH.LLAMA and module.endswith("k_proj"):
-            data = _rope_permute(data, base_config.num_key_value_heads)
+            data = rope_permute(data, base_config.num_key_value_heads)
         tensors[f"{base_name}.lora_{part[0].lower()}"] = np.ascontiguousarray(data)
     if not tensors:
         raise ExportError(f"{adapter_dir} holds no LoRA matrices.")

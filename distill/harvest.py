@@ -19,7 +19,6 @@ import hashlib
 import os
 import random
 import re
-import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from distill.records import LoggedContext, Prompt
 from distill.scrub import REDACTED, is_secret_file, redact
+from core import git
 from core.errors import StropError
 
 DEFAULT_MAX_PREFIX_CHARS = 6000
@@ -222,28 +222,6 @@ def decode_source(data: bytes, files: FileFilter) -> tuple[str | None, str | Non
     return text, None
 
 
-def _git_ls_files(root: Path) -> list[str] | None:
-    """Tracked files under root (relative posix paths), or None when root is not in a git work tree.
-
-    Nothing tracked yet (a new project, or a directory git ignores): the files git would track,
-    i.e. untracked ones minus .gitignore'd ones.
-    """
-    for extra in ((), ("--others", "--exclude-standard")):
-        try:
-            out = subprocess.run(
-                ["git", "-c", "core.quotepath=off", "ls-files", "-z", "--cached", *extra],
-                cwd=root, capture_output=True, check=False,
-            )
-        except FileNotFoundError:  # no git on this machine: treat as a plain directory
-            return None
-        if out.returncode != 0:
-            return None
-        paths = [p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-        if paths:
-            return paths
-    return []
-
-
 def _walk(root: Path) -> list[str]:
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -270,7 +248,7 @@ def load_source_files(repo_root: str | os.PathLike, cfg: "FileFilter | HarvestCo
         raise StropError(
             f"repository {root} is not a directory; pass the root of the project to learn from."
         )
-    listed = _git_ls_files(root)
+    listed = git.ls_files(root)
     paths = sorted(set(listed if listed is not None else _walk(root)))
     texts: dict[str, str] = {}
     skipped: dict[str, str] = {}

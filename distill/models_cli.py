@@ -19,9 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from distill.registry import Entry, ModelStore, Progress, Registry, repo_key, validate_gguf
+from core.gguf_check import Progress, validate_gguf
+from core.registry import Entry, repo_key
+from distill.registry import ModelStore, Registry
 from core.errors import ModelLoadError, ModelNotFound, OfflineError, StropError
-from core.models import git_root
+from core.git import toplevel as git_root
 
 # Picked, in this order, when a hub repository holds several GGUFs and --file is not given:
 # strop serves small code models, where 8-bit costs little and keeps quality.

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from distill.atomic import atomic_output
-from distill.export import ExportError, validate_gguf
+from core.gguf_check import check_gguf_structure
+from distill.export import ExportError
 from core.errors import DiskFull
 
 # Name → llama_cpp ftype constant name; the names are llama.cpp's `llama-quantize` type names.
@@ -35,7 +36,7 @@ def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtyp
     src_path, dst_path = Path(src), Path(dst)
     if qtype.upper() not in QTYPES:
         raise ExportError(f"Unknown quantisation type {qtype!r}; choose one of {', '.join(QTYPES)}.")
-    validate_gguf(src_path)
+    check_gguf_structure(src_path)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QTYPES[qtype.upper()])
     params.nthread = max(1, os.cpu_count() or 1)

@@ -96,7 +96,7 @@ def degenerate(text: str) -> str | None:
     return None
 
 
-def _seed(base: int, prompt_id: str, index: int) -> int:
+def seed_for(base: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{base}:{prompt_id}:{index}".encode(), digest_size=4).digest(), "big")
 
 
@@ -137,7 +137,7 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
                                count=engine.count_tokens, budget=budget, path=prompt.path, language=prompt.language)
             multiline = ctx.multiline
             job = make_job(ctx, key="sample", limits=cfg,
-                           sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=_seed(cfg.seed, prompt.id, index)))
+                           sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed_for(cfg.seed, prompt.id, index)))
             gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
             if gen is None:  # an empty prompt (the start of a file, for a model without BOS)
                 text, why, n_tokens, stop_reason, n_prompt = "", "empty_prompt", 0, "", 0

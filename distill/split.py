@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from distill.harvest import (
 )
 from distill.records import EvalItem, read_jsonl, write_jsonl
 from distill.scrub import REDACTED, Redaction, apply_redactions, find_secrets, redact
+from core import git
 from core.errors import StropError
 
 # --- test files -----------------------------------------------------------------------------------
@@ -148,31 +148,11 @@ class Split:
 
 # --- git ------------------------------------------------------------------------------------------
 
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+_WHY = "a temporal split reads the history with it (or use the file split, method='file')"
 
 
 def _git(root: Path, *args: str, input: bytes | None = None) -> bytes:
-    try:
-        proc = subprocess.run(["git", "-c", "core.quotepath=off", *args], cwd=root, input=input,
-                              capture_output=True, env={**os.environ, **_GIT_ENV}, check=False)
-    except FileNotFoundError:
-        raise StropError("git is not installed, and a temporal split reads the history with it. "
-                         "Install git, or use the file split (method='file').") from None
-    if proc.returncode != 0:
-        raise StropError(
-            f"`git {' '.join(args)}` failed in {root}: {proc.stderr.decode(errors='replace').strip()}. "
-            "Check that the directory is a healthy git repository, or use the file split (method='file')."
-        )
-    return proc.stdout
-
-
-def _has_history(root: Path) -> bool:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
-                              capture_output=True, env={**os.environ, **_GIT_ENV}, check=False)
-    except FileNotFoundError:
-        return False
-    return proc.returncode == 0
+    return git.run(root, *args, input=input, why=_WHY)
 
 
 def _decode_path(raw: bytes) -> str:
@@ -498,7 +478,7 @@ def split_repo(repo_root: str | os.PathLike, cfg: SplitConfig = SplitConfig()) -
     root = Path(repo_root)
     if not root.is_dir():
         raise StropError(f"repository {root} is not a directory; pass the root of the project to learn from.")
-    history = first_parent_history(root, cfg.files) if _has_history(root) else []
+    history = first_parent_history(root, cfg.files) if git.has_history(root) else []
     if cfg.method == "file":
         return _by_file(root, cfg, "requested")
     if len(history) < max(2, cfg.min_commits) or not any(added for _, added in history):

@@ -81,7 +81,8 @@ def cmd_complete(args) -> int:
     from .documents import is_secret_document
     from .engine import Engine
     from .lsp import LANGUAGE_BY_EXT
-    from core.models import git_root, resolve
+    from core.git import toplevel as git_root
+    from core.models import resolve
 
     path = args.file.resolve()
     if is_secret_document(path.as_uri()):  # decided on the path: the file is never opened
@@ -200,7 +201,7 @@ def _add_doctor(sub) -> None:
 
 def cmd_doctor(args) -> int:
     from . import doctor
-    from core.models import git_root
+    from core.git import toplevel as git_root
 
     logging.basicConfig(level=logging.ERROR)
     repo = (args.repo.resolve() if args.repo else None) or git_root(Path.cwd())

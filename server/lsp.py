@@ -27,7 +27,8 @@ from core.context import OtherDocument
 from .documents import is_secret_document, uri_path
 from .engine import Engine
 from core.errors import BadRequest, StropError
-from core.models import ResolvedModel, git_root, resolve
+from core.git import toplevel as git_root
+from core.models import ResolvedModel, resolve
 from .params import command_arg, completion_id, uinteger
 from .retention import RetentionTracker
 from .rpc import StropProtocol
@@ -197,7 +198,7 @@ class StropServer(LanguageServer):
         """Swap to a newly promoted model between requests (no restart, no failed in-flight request)."""
         if explicit or self.repo_root is None:
             return
-        from distill.registry import Registry, repo_key
+        from core.registry import RegistryReader as Registry, repo_key
 
         registry, key = Registry(), repo_key(self.repo_root)
         stamp = registry.promoted_stamp(key)

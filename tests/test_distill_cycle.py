@@ -61,7 +61,8 @@ def setup(tmp_path, tiny_fim_model):
 
 def _registry(home: Path, repo: Path):
     os.environ["STROP_HOME"] = str(home)
-    from distill.registry import Registry, repo_key
+    from core.registry import repo_key
+    from distill.registry import Registry
 
     return Registry(home / "registry"), repo_key(repo)
 

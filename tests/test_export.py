@@ -16,7 +16,8 @@ from tokenizers import Tokenizer
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
-from distill.export import ExportError, export_gguf, roundtrip_check, validate_gguf
+from core.gguf_check import check_gguf_structure as validate_gguf
+from distill.export import ExportError, export_gguf, roundtrip_check
 from distill.quantize import quantize_gguf
 from core.errors import DiskFull, ModelLoadError, ModelNotFound
 from core.fim import detect

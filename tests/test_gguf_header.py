@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.registry import check_gguf_structure
+from core.gguf_check import check_gguf_structure
 from core.errors import ModelLoadError
 
 U8, U32, STRING, ARRAY, U64 = 0, 4, 8, 9, 10

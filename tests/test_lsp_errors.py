@@ -32,7 +32,8 @@ def test_corrupt_model_is_reported_not_fatal(tmp_path):
 
 def test_unloadable_promotion_is_never_swapped_in(tmp_path, tiny_fim_model, smollm_gguf):
     os.environ["STROP_HOME"] = str(tmp_path / "home")
-    from distill.registry import Registry, repo_key
+    from core.registry import repo_key
+    from distill.registry import Registry
 
     reg = Registry(tmp_path / "home" / "registry")
     key = repo_key(tmp_path)

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from server import postprocess
+from core import postprocess
 from server.completer import clean_generation
 from core.context import build
 from core.decode import Decoder, Generation, Job

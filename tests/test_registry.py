@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.registry import (
-    GGUF_NAME,
-    ModelStore,
-    Registry,
-    _read_tensor_table,
-    check_gguf_structure,
-    repo_key,
-    validate_gguf,
-)
+from core.gguf_check import _read_tensor_table, check_gguf_structure, validate_gguf
+from core.registry import GGUF_NAME, repo_key
+from distill.registry import ModelStore, Registry
 from core.errors import ModelLoadError, ModelNotFound, StropError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import distill.split as split_module
+from core import git as core_git
+
 from distill.harvest import FileFilter, decode_source, list_source_files
 from distill.scrub import redact
 from distill.split import Split, SplitConfig, choose_cutoff, first_parent_history, is_test_path, split_repo
@@ -119,7 +120,7 @@ def test_secret_files_are_never_read(fixture_repo, monkeypatch):
         calls.append((" ".join(map(str, args)), (kwargs.get("input") or b"").decode("utf-8", "replace")))
         return real_run(args, *rest, **kwargs)
 
-    monkeypatch.setattr(split_module.subprocess, "run", recording_run)
+    monkeypatch.setattr(core_git.subprocess, "run", recording_run)  # every git call goes through core.git
     with record_opens() as opened:
         split_repo(fixture_repo)
         split_repo(fixture_repo, SplitConfig(method="file"))

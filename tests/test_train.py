@@ -112,7 +112,7 @@ def test_training_tokens_equal_what_llama_cpp_serves(tiny_fim_model, tokenizer):
 
     served = load_model(ResolvedModel(path=tiny_fim_model.gguf_f32, name="tiny", version="t", source="flag"),
                         n_ctx=256, n_threads=1, n_gpu_layers=0)
-    for ex in examples_from(REPO / "server" / "fim.py", 6, seed=3):
+    for ex in examples_from(REPO / "core" / "fim.py", 6, seed=3):
         enc = encode_example(tokenizer, served.fim, ex, max_prompt_tokens=4000, max_completion_tokens=64)
         pieces = layout(served.fim, ex.prefix, ex.suffix, path=ex.path, language=ex.language)
         assert enc["input_ids"][:enc["labels"].count(IGNORE_INDEX)] == tokenize_pieces(served, pieces)
@@ -218,7 +218,7 @@ def _features(tokenizer, examples):
 
 
 def test_grad_accumulation_1x8_equals_8x1(tokenizer, lora_model):
-    features = _features(tokenizer, examples_from(REPO / "server" / "fim.py", 8, seed=1))
+    features = _features(tokenizer, examples_from(REPO / "core" / "fim.py", 8, seed=1))
     assert len({len(f["input_ids"]) for f in features}) > 1  # padding is exercised
     pad = tokenizer.pad_token_id
     loss_8, grads_8 = _grads(lora_model, features, 8, pad)
@@ -232,7 +232,7 @@ def test_grad_accumulation_1x8_equals_8x1(tokenizer, lora_model):
 def test_example_weight_counts_like_duplication(tokenizer, lora_model):
     """weight 2 on an example gives the gradient of that example appearing twice (up to the
     token-count normalisation); weight 0 removes it."""
-    e0, e1 = examples_from(REPO / "server" / "fim.py", 2, seed=2)
+    e0, e1 = examples_from(REPO / "core" / "fim.py", 2, seed=2)
     heavy = _features(tokenizer, [TrainExample(e0.prefix, e0.suffix, e0.completion, weight=2.0), e1])
     twice = _features(tokenizer, [e0, e0, e1])
     zero = _features(tokenizer, [TrainExample(e0.prefix, e0.suffix, e0.completion, weight=0.0), e1])
@@ -343,7 +343,7 @@ SMALL = dict(micro_batch_size=2, grad_accum_steps=2, max_seq_tokens=160, max_com
 
 @pytest.mark.slow
 def test_train_accumulation_split_gives_the_same_adapter(tiny_fim_model, tmp_path):
-    examples = examples_from(REPO / "server" / "fim.py", 8, seed=5)
+    examples = examples_from(REPO / "core" / "fim.py", 8, seed=5)
     results = {}
     for mb, acc in ((8, 1), (1, 8)):
         cfg = TrainConfig(**{**SMALL, "micro_batch_size": mb, "grad_accum_steps": acc}, lora_dropout=0.0,
@@ -442,7 +442,7 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_adapter(tiny_fim_model, t
 
 @pytest.mark.slow
 def test_train_from_quantised_gguf(tiny_fim_model, tmp_path):
-    examples = examples_from(REPO / "server" / "fim.py", 4, seed=8)
+    examples = examples_from(REPO / "core" / "fim.py", 4, seed=8)
     cfg = TrainConfig(**SMALL, max_steps=2)
     result = train(tiny_fim_model.gguf_q8, examples, tmp_path / "q8", cfg, progress=False)
     assert result.steps == 2

@@ -520,7 +520,7 @@ def test_stropdistill_runs_strop_distill_and_reports_its_outcome(sessions, monke
     session.open(session.write("nightly.py", FIBONACCI))  # not distill.py: `python -m` puts the cwd first on sys.path
     monkeypatch.setenv("STROP_HOME", str(session.home))  # the lock lives under the session's STROP_HOME
     from distill.lock import CycleLock
-    from distill.registry import repo_key
+    from core.registry import repo_key
 
     with CycleLock.for_repo(repo_key(session.project)):
         session.nvim.command("StropDistill")
