@@ -62,20 +62,20 @@ def clone(repo: Path, rev: str, dest: Path) -> str:
     return commit
 
 
-def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int = 3) -> dict:
+def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int = 3, prompt=None) -> dict:
     """strop's sampler versus raw llama-cpp-python generation on the same prompts and tokens,
     alternated `rounds` times (strop, raw, strop, raw, ...) so that drift in the machine's speed
     falls on both."""
     from distill.records import read_jsonl
     from distill.sample import Sample, seed_for, dropped_path, sample
-    from core import context as ctxmod
+    from core.completion import CompletionPath, PromptSettings, position_of
     from core.llama_model import load_model, tokenize_pieces
     from core.models import ResolvedModel
 
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=cfg.n_ctx,
                         n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
     llm = loaded.llm
-    budget = ctxmod.Budget(total_tokens=cfg.budget_tokens)
+    prompt = prompt or PromptSettings()
 
     def count(text: str) -> int:
         return len(llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
@@ -86,13 +86,13 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
             out = work / f"throughput-samples-{r}.jsonl"
             for stale in (out, dropped_path(out)):
                 stale.unlink(missing_ok=True)
-            stats = sample(model, prompts, out, cfg, progress=False)
+            stats = sample(model, prompts, out, cfg, progress=False, prompt=prompt)
             done = read_jsonl(out, Sample) + (read_jsonl(dropped_path(out), Sample) if dropped_path(out).exists() else [])
             by_key = {(s.prompt_id, s.index): s for s in done}
             generated, started = 0, time.perf_counter()
             for p in prompts:
-                ctx = ctxmod.build(p.prefix + p.suffix, len(p.prefix), fmt=loaded.fim, count=count, budget=budget,
-                                   path=p.path, language=p.language)
+                ctx = CompletionPath(loaded.fim, count, prompt, cfg).context(
+                    position_of(p.prefix, p.suffix, path=p.path, language=p.language, snippets=p.snippets))
                 ids = tokenize_pieces(loaded, ctx.pieces)
                 for i in range(cfg.n_per_prompt):
                     s = by_key[(p.id, i)]
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from distill.tokenize import TrainExample
 
     settings = [f"cycle.max_prompts={args.prompts}", f"cycle.max_eval_items={args.eval_items}",
-                f"sample.budget_tokens={args.budget_tokens}", f"eval.budget_tokens={args.budget_tokens}",
+                f"prompt.budget_tokens={args.budget_tokens}",
                 "train.max_seq_tokens=768", "train.max_completion_tokens=128", *args.set]
     cfg = load_config(None, settings)
     parts = set(args.parts.split(","))

@@ -5,7 +5,7 @@ consecutive keystrokes keep the token prefix (and so llama.cpp's KV cache) intac
 - the prefix window starts on a line that is a multiple of `chunk_lines`, and only moves (by a whole
   chunk) when the text before the cursor outgrows its budget;
 - other documents contribute chunks aligned the same way, placed first;
-- the typed part of the current line is laid out last (see server/fim.py).
+- the typed part of the current line is laid out last (see core/fim.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Context:
     snippets: tuple[Snippet, ...]
     path: str
     language: str
+    repo_name: str
     line_head: str  # typed part of the cursor's line
     line_tail: str  # text after the cursor on its line
     multiline: bool  # may the completion span several lines?
@@ -117,16 +118,23 @@ def build(
     path: str = "",
     language: str = "",
     others: Sequence[OtherDocument] = (),
+    snippets: Sequence[Snippet] | None = None,
     repo_name: str = "",
 ) -> Context:
-    """The context for a cursor at `offset` (code points) in `text`."""
+    """The context for a cursor at `offset` (code points) in `text`.
+
+    `snippets`, when given, are the repository context as chosen before (a logged prompt's, a
+    record's), laid out as they are; otherwise they are cut from `others` within the budget."""
+    fixed = tuple(snippets) if snippets is not None else None
     before, after = text[:offset], text[offset:]
     cut = before.rfind("\n") + 1
     line_head = before[cut:]
     nl = after.find("\n")
     line_tail = after if nl < 0 else after[:nl]
 
-    extra_budget = int(budget.total_tokens * budget.extra_share) if others else 0
+    extra_budget = int(budget.total_tokens * budget.extra_share) if others and fixed is None else 0
+    if fixed:
+        extra_budget = min(sum(count(f"{s.path}\n{s.text}\n") for s in fixed), budget.total_tokens // 2)
     local = budget.total_tokens - extra_budget
     # Without FIM the suffix is unused, so the prefix takes the whole local budget.
     prefix_budget = int(local * budget.prefix_share) if fmt else local
@@ -138,17 +146,17 @@ def build(
     prefix = "".join(head_lines[start:]) + line_head
     suffix = _suffix_window(after, suffix_budget, count) if fmt else ""
 
-    snippets: list[Snippet] = []
-    if others and extra_budget > 0:
+    chosen: list[Snippet] = list(fixed or ())
+    if fixed is None and others and extra_budget > 0:
         each = extra_budget // min(len(others), budget.max_snippets)
         for doc in others[: budget.max_snippets]:
             snip = _snippet(doc, each, budget.chunk_lines, count)
             if snip:
-                snippets.append(snip)
+                chosen.append(snip)
 
-    pieces = layout(fmt, prefix, suffix, snippets=snippets, path=path, language=language, repo_name=repo_name)
+    pieces = layout(fmt, prefix, suffix, snippets=chosen, path=path, language=language, repo_name=repo_name)
     return Context(
-        prefix=prefix, suffix=suffix, snippets=tuple(snippets), path=path, language=language,
+        prefix=prefix, suffix=suffix, snippets=tuple(chosen), path=path, language=language, repo_name=repo_name,
         line_head=line_head, line_tail=line_tail, multiline=wants_multiline(line_head, line_tail),
         pieces=pieces,
     )

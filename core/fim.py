@@ -86,6 +86,17 @@ class Snippet:
     text: str
 
 
+def snippet_pairs(raw: Sequence) -> tuple[tuple[str, str], ...]:
+    """Snippets as records store them: ((path, text), ...), hashable, and the same after a JSON round trip."""
+    return tuple((s.path, s.text) for s in as_snippets(raw))
+
+
+def as_snippets(raw: Sequence) -> tuple[Snippet, ...]:
+    """Snippets from a record read back from JSON (dicts or [path, text] pairs) or already made."""
+    return tuple(s if isinstance(s, Snippet) else Snippet(**s) if isinstance(s, Mapping) else Snippet(*s)
+                 for s in raw)
+
+
 _LINE_COMMENT = {
     "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
     "makefile": "#", "dockerfile": "#", "lua": "--", "sql": "--", "haskell": "--",

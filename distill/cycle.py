@@ -25,6 +25,7 @@ from pathlib import Path
 from server.completion_log import open_log
 from core.paths import strop_home
 from core import git as gitmod
+from core.completion import PromptSettings
 from core.errors import StropError
 from core.models import resolve
 
@@ -59,6 +60,7 @@ class CycleConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: object = None  # distill.train.TrainConfig (imported lazily: torch)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    prompt: PromptSettings = field(default_factory=PromptSettings)  # the [prompt] section serving reads too
 
 
 @dataclass
@@ -92,7 +94,7 @@ def _logged_contexts(repo: Path) -> list[LoggedContext]:
         out.append(LoggedContext(path=row["path"], language=row["language"], prefix=row["prefix"],
                                  suffix=row["suffix"], completion=row["completion"][:accepted],
                                  retained_chars=row["retained_chars"] if row["retained_chars"] is not None else accepted,
-                                 accepted_chars=accepted))
+                                 accepted_chars=accepted, snippets=tuple(json.loads(row["snippets"] or "[]"))))
     return out
 
 
@@ -197,7 +199,8 @@ class Cycle:
             prompts = read_jsonl(d / "prompts.jsonl", Prompt)
             _say(f"sampling {len(prompts)} prompts × {cfg.sample.n_per_prompt} from {serving.version} "
                  f"(T={cfg.sample.temperature}, top-k {cfg.sample.top_k}, top-p {cfg.sample.top_p})")
-            stats = sample(base_gguf, prompts, d / "samples.jsonl", cfg.sample, progress=self.progress)
+            stats = sample(base_gguf, prompts, d / "samples.jsonl", cfg.sample, progress=self.progress,
+                           prompt=cfg.prompt, repo_name=self.repo.name)
             write_json_atomic(d / "sample_stats.json", stats.as_dict())
             _say(f"sample: kept {stats.kept}, dropped {dict(stats.dropped)}, {stats.tokens_per_s:.1f} tokens/s")
             timed("sample", t0)
@@ -210,7 +213,7 @@ class Cycle:
             train_cfg = train_cfg or TrainConfig()
             t0 = time.perf_counter()
             samples = read_jsonl(d / "samples.jsonl", Sample)
-            examples = training_examples(samples, read_jsonl(d / "prompts.jsonl", Prompt))
+            examples = training_examples(samples, read_jsonl(d / "prompts.jsonl", Prompt), self.repo.name)
             _say(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
                  f"completions from {base_gguf.name}")
             result = train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
@@ -254,7 +257,8 @@ class Cycle:
             test = read_jsonl(d / "test.jsonl", EvalItem)
             base_t = float(serving.decoding.get("temperature", 0.0))
             _say(f"evaluating on {len(test)} held-out items (T_eval tuned on {len(val)} validation items)")
-            verdict = compare(cand_gguf, base_gguf, val, test, cfg.eval, baseline_temperature=base_t,
+            verdict = compare(cand_gguf, base_gguf, val, test, cfg.eval, prompt=cfg.prompt, repo_name=self.repo.name,
+                              baseline_temperature=base_t,
                               progress=self.progress)
             write_report(verdict, d)
             timed("evaluate", t0)
@@ -304,12 +308,14 @@ def unseen(items: list[EvalItem], seen: TrainText) -> list[EvalItem]:
     return [it for it in items if it.target not in seen]
 
 
-def training_examples(samples: list[Sample], prompts: list[Prompt]) -> list[TrainExample]:
+def training_examples(samples: list[Sample], prompts: list[Prompt], repo_name: str = "") -> list[TrainExample]:
     """What the LoRA learns from: the model's own samples, raw (weight 1), and each completion a user
     accepted, as far as it was accepted, weighted by how much of it they kept (`logged_prompt`): an
     own sample, verified."""
-    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language) for s in samples]
-    examples += [TrainExample(p.prefix, p.suffix, p.reference, p.weight, p.path, p.language)
+    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language, s.snippets, s.repo_name)
+                for s in samples]
+    # A logged prompt keeps the served windows and snippets as they were (the log stores them).
+    examples += [TrainExample(p.prefix, p.suffix, p.reference, p.weight, p.path, p.language, p.snippets, repo_name)
                  for p in prompts if p.source == "log" and p.reference.strip()]
     return examples
 
@@ -356,14 +362,16 @@ def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()
             cfg = _replace(cfg, kv, "cycle")
         elif section == "files":
             files = _replace(files, kv, "files")
+        elif section == "prompt":
+            cfg = dataclasses.replace(cfg, prompt=_replace(cfg.prompt, kv, "prompt"))
         elif section in ("split", "harvest", "sample", "train", "eval"):
             if "files" in kv:
                 raise StropError(f"{section}.files: set file selection in the [files] section (it applies to "
                                  "the split and the prompts alike)")
             cfg = dataclasses.replace(cfg, **{section: _replace(getattr(cfg, section), kv, section)})
         else:
-            raise StropError(f"unknown configuration section [{section}]; known: cycle, files, split, harvest, "
-                             "sample, train, eval")
+            raise StropError(f"unknown configuration section [{section}]; known: cycle, files, prompt, split, "
+                             "harvest, sample, train, eval")
     files = dataclasses.replace(files, exclude_globs=tuple(files.exclude_globs) + tuple(exclude))
     return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, files=files),
                                harvest=dataclasses.replace(cfg.harvest, files=files))
@@ -418,7 +426,7 @@ def eval_main(args) -> int:
     split = _split(repo, cfg.split)
     val = split.validation()[: int(args.limit * split.validation_frac)]
     test = split.test()[: args.limit - len(val)]
-    verdict = compare(args.model, against, val, test, cfg.eval)
+    verdict = compare(args.model, against, val, test, cfg.eval, prompt=cfg.prompt, repo_name=repo.name)
     out = strop_home() / "eval" / time.strftime("%Y%m%dT%H%M%S")
     write_report(verdict, out)
     if args.json:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import context as ctxmod
-from server.completer import clean_generation, make_job
+from core.completion import CompletionPath, PromptSettings, position_of
 from core.decode import InProcessEngine, Sampling
 from core.llama_model import tokenize_pieces
 from core.models import ResolvedModel
@@ -31,11 +31,10 @@ class EvalConfig:
     t_eval_grid: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
     top_k: int = 20
     top_p: float = 0.95
-    budget_tokens: int = 1024
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     time_cap_ms: int = 10_000
-    n_ctx: int = 2048
+    n_ctx: int = 4096  # the [prompt] budget plus the completion
     seed: int = 1234
     margin: float = 0.005  # candidate edit similarity must exceed the baseline's by this much
     guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match
@@ -82,12 +81,14 @@ class Scores:
 class Evaluator:
     """One loaded model; predicts and scores held-out items exactly as `strop serve` would."""
 
-    def __init__(self, model_path: Path, cfg: EvalConfig) -> None:
+    def __init__(self, model_path: Path, cfg: EvalConfig, *, prompt: PromptSettings = PromptSettings(),
+                 repo_name: str = "") -> None:
         self.cfg = cfg
         self.path = Path(model_path)
         self.engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=os.cpu_count() or 1, n_gpu_layers=-1)
         self.engine.load(ResolvedModel(self.path, self.path.stem, self.path.stem, "flag"))
         self.model = self.engine.model
+        self.completion = CompletionPath(self.model.fim, self.engine.count_tokens, prompt, cfg, repo_name=repo_name)
         self._ppl_llm = None
 
     def close(self) -> None:
@@ -95,18 +96,18 @@ class Evaluator:
         if self._ppl_llm is not None:
             self._ppl_llm.close()
 
+    @staticmethod
+    def position(item: EvalItem):
+        return position_of(item.prefix, item.suffix, path=item.path, language=item.language, snippets=item.snippets)
+
     def _context(self, item: EvalItem) -> ctxmod.Context:
-        return ctxmod.build(item.prefix + item.suffix, len(item.prefix), fmt=self.model.fim,
-                            count=self.engine.count_tokens, budget=ctxmod.Budget(total_tokens=self.cfg.budget_tokens),
-                            path=item.path, language=item.language)
+        return self.completion.context(self.position(item))
 
     def predict(self, item: EvalItem, temperature: float) -> str:
-        ctx = self._context(item)
-        multiline = ctx.multiline and item.kind != "fim_line"
-        job = make_job(ctx, key="eval", limits=self.cfg, multiline=multiline,
-                       sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p, seed=seed_for(self.cfg.seed, item.id, 0)))
-        gen = self.engine.generate(self.model, job)
-        return clean_generation(gen, ctx, item.suffix, multiline).text if gen is not None else ""
+        multiline = False if item.kind == "fim_line" else None  # None: as the served context says
+        return self.completion.run(self.engine, self.position(item), key="eval", multiline=multiline,
+                              sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
+                                                seed=seed_for(self.cfg.seed, item.id, 0))).text
 
     def target_nll(self, item: EvalItem) -> tuple[float, int]:
         """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""
@@ -215,16 +216,17 @@ def gate(cand: Scores, base: Scores, cfg: EvalConfig) -> tuple[bool, list[str]]:
 
 
 def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: list[EvalItem],
-            cfg: EvalConfig = EvalConfig(), *, baseline_temperature: float = 0.0, progress: bool = True) -> Verdict:
+            cfg: EvalConfig = EvalConfig(), *, prompt: PromptSettings = PromptSettings(), repo_name: str = "",
+            baseline_temperature: float = 0.0, progress: bool = True) -> Verdict:
     """Tune the candidate's T_eval on validation; score both on test; decide."""
-    ev = Evaluator(candidate, cfg)
+    ev = Evaluator(candidate, cfg, prompt=prompt, repo_name=repo_name)
     try:
         t_eval, curve = ev.tune_temperature(validation, progress=progress)
         cand = ev.score(test, t_eval, perplexity=cfg.perplexity, progress=progress)
         cand_greedy = cand if t_eval == 0.0 else ev.score(test, 0.0, progress=progress)
     finally:
         ev.close()
-    eb = Evaluator(baseline, cfg)
+    eb = Evaluator(baseline, cfg, prompt=prompt, repo_name=repo_name)
     try:
         base = eb.score(test, baseline_temperature, perplexity=cfg.perplexity, progress=progress)
         base_greedy = base if baseline_temperature == 0.0 else eb.score(test, 0.0, progress=progress)

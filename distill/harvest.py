@@ -494,11 +494,12 @@ def logged_prompt(ctx: LoggedContext, cfg: HarvestConfig) -> Prompt | None:
         kind="logged",
         path=ctx.path,
         language=ctx.language,
-        prefix=trim_prefix(prefix, cfg.max_prefix_chars),
-        suffix=trim_suffix(suffix, cfg.max_suffix_chars),
+        prefix=prefix,  # the served windows, as they were: trimming them would change the prompt
+        suffix=suffix,
         reference=completion,
         weight=weight,
         source="log",
+        snippets=tuple((path, redact(text)[0]) for path, text in ctx.snippets),
     )
 
 

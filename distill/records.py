@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.errors import StropError
+from core.fim import snippet_pairs
 
 PROMPT_KINDS = frozenset({"fim_line", "fim_block", "fim_span", "next_line", "next_block", "logged"})
 EVAL_KINDS = frozenset({"next_line", "fim_line", "fim_block"})
 PROMPT_SOURCES = frozenset({"repo", "log"})
+
+
+def _store_snippets(record) -> None:
+    """Snippets in the one stored shape, whether made here or read back from JSON."""
+    object.__setattr__(record, "snippets", snippet_pairs(record.snippets))
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,10 @@ class Prompt:
     reference: str
     weight: float = 1.0
     source: str = "repo"
+    snippets: tuple = ()  # repository context the prompt showed (a logged one's): ((path, text), ...)
 
     def __post_init__(self) -> None:
+        _store_snippets(self)
         if self.kind not in PROMPT_KINDS:
             raise ValueError(f"Prompt kind {self.kind!r} is not one of {sorted(PROMPT_KINDS)}")
         if self.source not in PROMPT_SOURCES:
@@ -62,8 +70,10 @@ class EvalItem:
     prefix: str
     suffix: str
     target: str
+    snippets: tuple = ()  # repository context for the prompt: ((path, text), ...)
 
     def __post_init__(self) -> None:
+        _store_snippets(self)
         if self.kind not in EVAL_KINDS:
             raise ValueError(f"EvalItem kind {self.kind!r} is not one of {sorted(EVAL_KINDS)}")
 
@@ -84,6 +94,10 @@ class LoggedContext:
     retained_chars: int
     accepted_chars: int
     weight: float = 1.0
+    snippets: tuple = ()  # the repository context the served prompt showed: ((path, text), ...)
+
+    def __post_init__(self) -> None:
+        _store_snippets(self)
 
 
 R = TypeVar("R")

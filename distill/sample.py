@@ -2,9 +2,10 @@
 
 Raised temperature with top-k/top-p truncation (applied temperature → top-k → top-p, as in the SSD
 paper), N samples per prompt, no correctness filter: only degenerate samples (empty, whitespace,
-repetition loops) are dropped, and counted by reason. Prompts are laid out and decoded exactly as
-`strop serve` does (core.context + server.engine + core.postprocess), so the model learns the
-sequences it is served with. Samples are appended to a JSONL file as they are produced; a restarted
+repetition loops) are dropped, and counted by reason. Prompts go through the serving path
+(`core.completion.CompletionPath`: the same context, job and hygiene as `strop serve`), so the model
+learns the sequences it is served with; each sample records the windows, snippets and repository name
+its prompt was laid out with. Samples are appended to a JSONL file as they are produced; a restarted
 run skips the (prompt, index) pairs already there.
 """
 
@@ -16,9 +17,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core import context as ctxmod
-from server.completer import clean_generation, make_job
+from core.completion import CompletionPath, PromptSettings, position_of
 from core.decode import InProcessEngine, Sampling
+from core.fim import snippet_pairs
 from core.models import ResolvedModel
 
 from .records import Prompt, append_jsonl, read_jsonl
@@ -35,9 +36,8 @@ class SampleConfig:
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     time_cap_ms: int = 10_000
-    budget_tokens: int = 1024
     seed: int = 0
-    n_ctx: int = 2048
+    n_ctx: int = 4096  # the [prompt] budget plus the completion
     n_threads: int = 0  # 0: all cores
 
 
@@ -56,6 +56,11 @@ class Sample:
     source: str = "repo"
     drop_reason: str = ""  # set on records of the dropped-samples file (see `dropped_path`)
     n_prompt_tokens: int = 0  # the prompt as the model saw it
+    snippets: tuple = ()  # the repository context laid out before the file: ((path, text), ...)
+    repo_name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "snippets", snippet_pairs(self.snippets))
 
 
 @dataclass
@@ -107,7 +112,8 @@ def dropped_path(out_path: Path) -> Path:
 
 
 def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
-           progress: bool = True, engine: InProcessEngine | None = None) -> SampleStats:
+           progress: bool = True, engine: InProcessEngine | None = None,
+           prompt: PromptSettings = PromptSettings(), repo_name: str = "") -> SampleStats:
     """Append samples for every (prompt, index) not yet in `out_path` (kept) or its dropped file;
     return what happened."""
     import os
@@ -128,28 +134,26 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
         engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
         engine.load(ResolvedModel(Path(model_path), Path(model_path).stem, Path(model_path).stem, "flag"))
     model = engine.model
-    budget = ctxmod.Budget(total_tokens=cfg.budget_tokens)
+    path = CompletionPath(model.fim, engine.count_tokens, prompt, cfg, repo_name=repo_name)
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
-        for prompt, index in todo:
-            ctx = ctxmod.build(prompt.prefix + prompt.suffix, len(prompt.prefix), fmt=model.fim,
-                               count=engine.count_tokens, budget=budget, path=prompt.path, language=prompt.language)
-            multiline = ctx.multiline
-            job = make_job(ctx, key="sample", limits=cfg,
-                           sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed_for(cfg.seed, prompt.id, index)))
-            gen = engine.generate(model, job)  # in this thread: the sampler submits no jobs to the worker
+        for point, index in todo:
+            out = path.run(engine, position_of(point.prefix, point.suffix, path=point.path, language=point.language,
+                                               snippets=point.snippets), key="sample",
+                           sampling=Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed_for(cfg.seed, point.id, index)))
+            ctx, gen = out.context, out.generation
             if gen is None:  # an empty prompt (the start of a file, for a model without BOS)
                 text, why, n_tokens, stop_reason, n_prompt = "", "empty_prompt", 0, "", 0
             else:
-                text = clean_generation(gen, ctx, prompt.suffix, multiline).text
+                text = out.text
                 why, n_tokens, stop_reason, n_prompt = (degenerate(text), len(gen.tokens), gen.stop_reason,
                                                         gen.n_prompt_tokens)
             stats.tokens += n_tokens
             # Weight 1: an unverified own sample. (A logged prompt's weight belongs to the completion
             # the user accepted there, which trains as its own example; see distill.cycle.)
-            record = Sample(prompt.id, index, prompt.path, prompt.language, ctx.prefix, ctx.suffix, text,
-                            1.0, n_tokens, stop_reason, prompt.source, why or "", n_prompt)
+            record = Sample(point.id, index, point.path, point.language, ctx.prefix, ctx.suffix, text,
+                            1.0, n_tokens, stop_reason, point.source, why or "", n_prompt, ctx.snippets, ctx.repo_name)
             if why:
                 stats.dropped[why] += 1
             else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import StropError
-from core.fim import FimFormat, Piece, Special, layout, split_current_line
+from core.fim import FimFormat, Piece, Special, as_snippets, layout, split_current_line
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and ours) skips
 
@@ -33,6 +33,8 @@ class TrainExample:
     weight: float = 1.0
     path: str = ""
     language: str = ""
+    snippets: tuple = ()  # repository context, as served ([{path, text}] or core.fim.Snippet)
+    repo_name: str = ""
 
 
 def adds_bos(tokenizer: Any) -> bool:
@@ -110,10 +112,12 @@ def encode_prompt(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, *,
     typed part of the cursor's line from its left. Every cut is re-laid-out and re-tokenized, so a
     truncated prompt is exactly what the server would send for the shorter text."""
     bos = adds_bos(tokenizer)
+    snippets = as_snippets(ex.snippets)
 
     def ids(prefix: str, suffix: str) -> list[int]:
-        # The serving layout, without repository snippets: training sees one file.
-        pieces = layout(fmt, prefix, suffix, path=ex.path, language=ex.language)
+        # The serving layout (core.fim.layout), with the repository context the sample was made with.
+        pieces = layout(fmt, prefix, suffix, snippets=snippets, path=ex.path, language=ex.language,
+                        repo_name=ex.repo_name)
         return pieces_to_ids(tokenizer, pieces, bos=bos)
 
     def fits(prefix: str, suffix: str) -> bool:

@@ -65,7 +65,7 @@ class TrainConfig:
     grad_accum_steps: int = 4
     epochs: int = 1
     max_steps: int | None = None  # when set, the run takes exactly this many steps (epochs repeat)
-    max_seq_tokens: int = 1024  # prompt + completion
+    max_seq_tokens: int = 2304  # prompt + completion: ≥ [prompt] budget_tokens + completion, so no served prompt is cut
     max_completion_tokens: int = 256  # including the end-of-text token
     seed: int = 0
     checkpoint_every_steps: int = 50

@@ -12,15 +12,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from core import context as ctxmod
-from core import postprocess
+from core.completion import CompletionPath, Position, PromptSettings, clean_generation, make_job
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
 from .completion_log import CompletionLog, Record
 from .config import ServeConfig
 from .documents import is_secret_document
-from .engine import Engine, Generation, Job, Sampling
+from .engine import Engine, Job, Sampling
 from core.errors import BadRequest, StropError
 from .recent import SHOWN_CAPACITY, Recent
 
@@ -36,6 +35,10 @@ class Request:
     offset: int  # cursor, in code points
     others: tuple[ctxmod.OtherDocument, ...] = ()
     trigger: str = "automatic"  # automatic | invoked | cli
+
+    def position(self) -> Position:
+        return Position(path=self.path, language=self.language, text=self.text, offset=self.offset,
+                        others=self.others)
 
 
 @dataclass(frozen=True)
@@ -66,42 +69,6 @@ def refusal(req: Request, cfg: ServeConfig) -> str | None:
     if is_secret_document(req.uri):
         return "it is a secret file (.env, keys, credentials), where strop never completes"
     return check_request(req.text, req.offset, cfg)
-
-
-class GenerationLimits(Protocol):
-    max_new_tokens: int  # multi-line completions
-    max_new_tokens_line: int  # single-line completions
-    time_cap_ms: int  # from the first token: an unfinished suggestion is given up
-
-
-def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, sampling: Sampling,
-             multiline: bool | None = None) -> Job:
-    """The engine job for a context, as serving, sampling and evaluation all run it: one line when
-    the cursor is mid-line, else a block that stops where `postprocess.generation_done` says.
-    Serving's limits also carry the soft prediction budget, token healing and speculation."""
-    multiline = ctx.multiline if multiline is None else multiline
-    soft = getattr(limits, "predict_soft_ms", None)
-    return Job(
-        key=key, pieces=ctx.pieces, max_tokens=limits.max_new_tokens if multiline else limits.max_new_tokens_line,
-        single_line=not multiline, sampling=sampling, block_head=ctx.line_head if multiline else None,
-        predict_soft_ms=soft if soft and soft > 0 else None, predict_hard_ms=limits.time_cap_ms,
-        heal=bool(getattr(limits, "heal", False)), speculative=bool(getattr(limits, "speculative", False)),
-    )
-
-
-def clean_generation(gen: Generation, ctx: ctxmod.Context, suffix: str, multiline: bool) -> postprocess.Cleaned:
-    """The model's text after output hygiene; `suffix` is all the text after the cursor. A generation
-    cut by a cap keeps only whole lines/statements; a single line cut by a cap is no suggestion."""
-    truncated = not gen.complete
-    if truncated and not multiline:
-        return postprocess.Cleaned("", ("incomplete_line",))
-    cleaned = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
-                                multiline=multiline, truncated=truncated)
-    if truncated:
-        whole = postprocess.whole_statements(cleaned.text, ctx.line_head)
-        if whole != cleaned.text:
-            return postprocess.Cleaned(whole, cleaned.rules + ("incomplete_statement",))
-    return cleaned
 
 
 class Completer:
@@ -142,14 +109,16 @@ class Completer:
             return None
         return max(48, int(tps * self.cfg.prompt_budget_ms / 1000))
 
-    def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
+    def completion_path(self) -> CompletionPath:
         model = self.engine.model
-        budget = ctxmod.Budget(total_tokens=total_tokens or self.full_budget_tokens(),
-                               prefix_share=self.cfg.prefix_share, extra_share=0.0 if cold else self.cfg.extra_share,
-                               chunk_lines=2 if cold else self.cfg.chunk_lines)
-        return ctxmod.build(req.text, req.offset, fmt=model.fim if model else None, count=self._count,
-                            budget=budget, path=req.path, language=req.language,
-                            others=() if cold else req.others, repo_name=self.repo_name)
+        cfg = self.cfg
+        prompt = PromptSettings(budget_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
+                                extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines)
+        return CompletionPath(model.fim if model else None, self._count, prompt, cfg, repo_name=self.repo_name)
+
+    def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
+        return self.completion_path().context(req.position(), total_tokens=total_tokens or self.full_budget_tokens(),
+                                              cold=cold)
 
     def plan(self, req: Request) -> tuple[ctxmod.Context, Job, Job | None]:
         """The job for a request: the full context when the engine holds enough of it warm, else a

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.completion import PromptSettings
 from core.errors import StropError
 
 
@@ -44,10 +45,11 @@ class ServeConfig:
     n_ctx: int = 4096
     n_threads: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     n_gpu_layers: int = -1  # all layers on the GPU when llama.cpp was built with one; ignored on CPU
-    budget_tokens: int = 2048  # whole prompt, at most (warm); see warm_budget_ms
-    prefix_share: float = 0.75  # of the local (current file) budget, for text before the cursor
-    extra_share: float = 0.25  # of the whole budget, for snippets of other open documents
-    chunk_lines: int = 32  # prefix window start moves in steps of this many lines (keeps the KV cache)
+    # The prompt's shape: core.completion.PromptSettings, the one definition sampling and evaluation use too.
+    budget_tokens: int = PromptSettings.budget_tokens  # whole prompt, at most (warm); see warm_budget_ms
+    prefix_share: float = PromptSettings.prefix_share
+    extra_share: float = PromptSettings.extra_share
+    chunk_lines: int = PromptSettings.chunk_lines
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     # Budgets, as llama.vim's t_max_prompt_ms / t_max_predict_ms: reading and writing apart.

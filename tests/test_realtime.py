@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from core import postprocess
-from server.completer import clean_generation
+from core.completion import clean_generation
 from core.context import build
 from core.decode import Decoder, Generation, Job
 from server.engine import Engine
