@@ -33,6 +33,10 @@ def make_accelerator(cfg: Any, runtime: Any) -> Any:
     if world > 1 and cfg.distributed == "none":
         raise StropError(f"Training runs in {world} processes (WORLD_SIZE={world}) but [train] distributed "
                          "= \"none\"; set it to auto, ddp or fsdp, or launch one process.")
+    if world > 1 and cfg.distributed == "fsdp" and runtime.device != "cuda":
+        # accelerate shards with FSDP on GPUs only (on a CPU it would silently run DDP)
+        raise StropError("[train] distributed = \"fsdp\" needs CUDA GPUs, and training runs on the CPU; "
+                         "use distributed = \"ddp\" (or auto) on a CPU.")
     kwargs: dict[str, Any] = {}
     if world > 1 and cfg.distributed == "fsdp":
         from accelerate.utils import FullyShardedDataParallelPlugin

@@ -154,3 +154,53 @@ def test_kill_9_of_the_launcher_kills_the_workers_and_resumes(tiny_fim_model, ex
     assert resumed.wait(timeout=300) == 0
     _assert_same_training(one_process, out)
     assert not list(out.rglob(".tmp-*"))
+
+
+_EXTERNAL = """
+import json, sys
+from distill import launch
+from distill.tokenize import TrainExample
+# what distill.cycle.main does under an external torchrun: rank 0 runs the cycle (here: only its
+# train stage, twice, as `--every` would), the other ranks follow
+if launch.is_follower():
+    sys.exit(launch.follow())
+args = json.loads(open(sys.argv[1]).read())
+try:
+    for out in (args["out"], args["out"] + "-again"):
+        launch.run_train(args["base"], [TrainExample(**e) for e in args["examples"]], out,
+                         launch.config_from_json(args["cfg"]), progress=False)
+finally:
+    launch.release()
+"""
+
+
+@pytest.mark.slow
+def test_external_torchrun_joins(tiny_fim_model, examples, one_process, tmp_path):
+    """Under an external torchrun the non-zero ranks train alongside rank 0's train stages and end
+    when its cycle ends."""
+    script, spec = tmp_path / "cycle.py", tmp_path / "spec.json"
+    script.write_text(_EXTERNAL)
+    spec.write_text(json.dumps({"base": str(tiny_fim_model.hf_dir), "out": str(tmp_path / "ext"), "cfg": CFG,
+                                "examples": [e.__dict__ for e in examples]}))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(spec)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         timeout=300)
+    assert run.returncode == 0
+    for out in (tmp_path / "ext", tmp_path / "ext-again"):
+        assert json.loads((out / "train_config.json").read_text())["runtime"]["processes"] == 2
+        _assert_same_training(one_process, out)
+
+
+def test_impossible_distribution_is_a_clear_error(monkeypatch):
+    from distill.distributed import make_accelerator
+    from distill.train import choose_device
+    from core.errors import StropError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # checked before any process group is set up
+    cpu = choose_device("cpu", cuda_available=False)
+    with pytest.raises(StropError, match="needs CUDA GPUs"):
+        make_accelerator(TrainConfig(distributed="fsdp"), cpu)
+    with pytest.raises(StropError, match='distributed = "none"'):
+        make_accelerator(TrainConfig(distributed="none"), cpu)
+    with pytest.raises(StropError, match="distributed = 'mpi' is unknown"):
+        TrainConfig(distributed="mpi")
