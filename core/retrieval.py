@@ -94,6 +94,7 @@ class _Snapshot:
     chunks: tuple[tuple[str, int, int], ...]  # (path, start, end) per bm25 document
     bm25: bm25s.BM25 | None
     chunk_ids_by_path: Mapping[str, np.ndarray]
+    total_bytes: int = 0
 
 
 def _snapshot(files: Mapping[str, _File]) -> _Snapshot:
@@ -111,7 +112,8 @@ def _snapshot(files: Mapping[str, _File]) -> _Snapshot:
     for i, (path, _, _) in enumerate(chunks):
         by_path.setdefault(path, []).append(i)
     return _Snapshot(dict(files), tuple(chunks), bm25,
-                     {p: np.asarray(ids, dtype=np.int64) for p, ids in by_path.items()})
+                     {p: np.asarray(ids, dtype=np.int64) for p, ids in by_path.items()},
+                     sum(len(line) for f in files.values() for line in f.lines))
 
 
 def _make_file(text: str, sha: str, size: int, mtime_ns: int) -> _File:
@@ -204,7 +206,7 @@ class RepoIndex:
                 self._swap(files, changed, t0)
             elif self._dirty:
                 snap = self._snap
-                self._snap = _Snapshot(files, snap.chunks, snap.bm25, snap.chunk_ids_by_path)
+                self._snap = _Snapshot(files, snap.chunks, snap.bm25, snap.chunk_ids_by_path, snap.total_bytes)
             return changed
 
     def _refreshed(self, path: str, entry: _File | None, skipped: dict) -> _File | None:
@@ -342,7 +344,7 @@ class RepoIndex:
             "root": str(self.root),
             "files": len(snap.files),
             "chunks": len(snap.chunks),
-            "bytes": sum(len(line) for f in snap.files.values() for line in f.lines),
+            "bytes": snap.total_bytes,  # characters of indexed (redacted) text
             "vocabulary": len(snap.bm25.vocab_dict) if snap.bm25 is not None else 0,
             "build_seconds": round(self._stats.build_seconds, 4),
             "last_update_seconds": round(self._stats.last_update_seconds, 4),
