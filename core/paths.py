@@ -6,6 +6,7 @@ import functools
 import os
 from pathlib import Path
 
+from core.errors import StropError
 from core.private import make_private
 
 
@@ -34,3 +35,23 @@ def log_db_path() -> Path:
 
 def registry_dir() -> Path:
     return strop_home() / "registry"
+
+
+DEFAULT_LOG_RETENTION_DAYS = 30.0
+
+
+def log_retention_days() -> float | None:
+    """Days the completion log keeps a row (STROP_LOG_RETENTION_DAYS, default 30; `never` keeps all)."""
+    raw = os.environ.get("STROP_LOG_RETENTION_DAYS", "").strip()
+    if not raw:
+        return DEFAULT_LOG_RETENTION_DAYS
+    if raw.lower() == "never":
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not days > 0:  # also NaN
+        raise StropError(f"STROP_LOG_RETENTION_DAYS={raw!r} is not a number of days: set a positive number "
+                         "(e.g. 30), or `never` to keep every completion.")
+    return days

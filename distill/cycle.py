@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.completion_log import open_log
+from core.completion_log import open_log
 from core.paths import strop_home
 from core import git as gitmod
 from core.completion import PromptSettings

@@ -30,7 +30,7 @@ from typing import Any
 from core.errors import StropError
 from distill.atomic import write_json_atomic
 from distill.distributed import world_size
-from distill.records import read_jsonl, write_jsonl
+from distill.records import write_jsonl
 from distill.tokenize import TrainExample
 
 # Followers wait in a broadcast while rank 0 harvests and samples (hours on a big repository).

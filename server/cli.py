@@ -1,7 +1,5 @@
-"""`strop`: one console script, sub-commands for serving, inspecting the log, models and distillation.
-
-Every StropError becomes `strop: error: <message>` on stderr and exit code 1; nothing else is caught.
-"""
+"""The serving side's sub-commands of `strop` (serve, complete, stats, log, doctor); `strop/cli.py`
+puts them together with the distillation side's and turns a StropError into a one-line message."""
 
 from __future__ import annotations
 
@@ -16,9 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from core.private import UMASK
 
-from . import __version__
 from core.errors import StropError
 
 
@@ -76,7 +72,7 @@ def _add_complete(sub) -> None:
 
 def cmd_complete(args) -> int:
     from .completer import Completer, Request
-    from .completion_log import open_log
+    from core.completion_log import open_log
     from .config import ServeConfig
     from .documents import is_secret_document
     from .engine import Engine
@@ -132,7 +128,7 @@ def _add_stats(sub) -> None:
 
 def cmd_stats(args) -> int:
     from . import stats
-    from .completion_log import open_log
+    from core.completion_log import open_log
 
     clog = open_log()
     rows = clog.rows("repo = ?", (str(args.repo.resolve()),)) if args.repo else clog.rows()
@@ -169,7 +165,7 @@ LOG_FIELDS = ("id", "created_at", "path", "language", "model_version", "completi
 
 
 def cmd_log(args) -> int:
-    from .completion_log import open_log
+    from core.completion_log import open_log
 
     clog = open_log()
     if args.action == "purge":
@@ -210,37 +206,10 @@ def cmd_doctor(args) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="strop", description="Local code completion that self-distils "
-                                     "a model for your repository.")
-    parser.add_argument("--version", action="version", version=f"strop {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub) -> None:
+    """The serving side's sub-commands (strop/cli.py builds the whole command line)."""
     _add_serve(sub)
     _add_complete(sub)
     _add_stats(sub)
     _add_log(sub)
     _add_doctor(sub)
-    from distill import cli as distill_cli
-    from distill import models_cli
-
-    models_cli.register(sub)
-    distill_cli.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.umask(UMASK)  # everything strop writes (STROP_HOME: the log, models, distillation data) is owner-only
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except StropError as err:
-        print(f"strop: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("strop: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from core import context as ctxmod
 from core.completion import CompletionPath, Position, PromptSettings, clean_generation, make_job
 from .cache import SUFFIX_PROBE_CHARS, CompletionCache, Shown
-from .completion_log import CompletionLog, Record
+from core.completion_log import CompletionLog, Record
 from .config import ServeConfig
 from .documents import is_secret_document
 from .engine import Engine, Job, Sampling

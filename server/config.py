@@ -10,31 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.completion import PromptSettings
-from core.errors import StropError
 
 
 def _flag(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off", "")
-
-
-DEFAULT_LOG_RETENTION_DAYS = 30.0
-
-
-def log_retention_days() -> float | None:
-    """Days the completion log keeps a row (STROP_LOG_RETENTION_DAYS, default 30; `never` keeps all)."""
-    raw = os.environ.get("STROP_LOG_RETENTION_DAYS", "").strip()
-    if not raw:
-        return DEFAULT_LOG_RETENTION_DAYS
-    if raw.lower() == "never":
-        return None
-    try:
-        days = float(raw)
-    except ValueError:
-        days = -1.0
-    if not days > 0:  # also NaN
-        raise StropError(f"STROP_LOG_RETENTION_DAYS={raw!r} is not a number of days: set a positive number "
-                         "(e.g. 30), or `never` to keep every completion.")
-    return days
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def _home(checks: list[Check]) -> None:
                         f"{home}" + (f": {len(loose)} entries readable by others, e.g. {loose[0]}" if loose else
                                      " (owner-only)"),
                         f"chmod -R go-rwx {home}" if loose else ""))
-    from .completion_log import SCHEMA_VERSION, CompletionLog
+    from core.completion_log import SCHEMA_VERSION, CompletionLog
 
     try:
         clog = CompletionLog(log_db_path())

@@ -21,7 +21,7 @@ from pygls.lsp.server import LanguageServer
 from . import __version__, debug, protocol
 from . import stats as statsmod
 from .completer import Completer, Request
-from .completion_log import CompletionLog, open_log
+from core.completion_log import CompletionLog, open_log
 from .config import ServeConfig
 from core.context import OtherDocument
 from .documents import is_secret_document, uri_path

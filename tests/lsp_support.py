@@ -38,7 +38,7 @@ async def start(model: Path, home: Path, root: Path, *extra: str, env: dict | No
 
     # A generous time cap: tests assert behaviour, not speed, on a machine that may be busy.
     server_env = {**os.environ, "STROP_HOME": str(home), "STROP_TIME_CAP_MS": "30000", **TIMING_FREE, **(env or {})}
-    await client.start_io(sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root),
+    await client.start_io(sys.executable, "-m", "strop", "serve", "--model", str(model), "--repo", str(root),
                           *extra, env=server_env)
     result = await client.initialize_session(t.InitializeParams(
         capabilities=CLIENT_CAPS, root_uri=root.as_uri(),

@@ -31,7 +31,7 @@ class RawServer:
     def __init__(self, model: Path, home: Path, root: Path, *, env: dict | None = None, args: tuple = ()) -> None:
         server_env = {**os.environ, "STROP_HOME": str(home), **TIMING_FREE, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--repo", str(root), *args],
+            [sys.executable, "-m", "strop", "serve", "--model", str(model), "--repo", str(root), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env)
         self.replies: dict[object, list[dict]] = {}
         self.notifications: list[dict] = []

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def strop(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, STROP_HOME=str(home), STROP_TIME_CAP_MS="30000")
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "strop", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

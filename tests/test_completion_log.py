@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from server import stats
-from server.completion_log import SCHEMA_VERSION, CompletionLog, Record
+from core.completion_log import SCHEMA_VERSION, CompletionLog, Record
 from core.errors import StropError
 
 
@@ -40,7 +40,7 @@ def test_outcomes_and_accept_is_final(tmp_path):
 
 
 def test_a_version_1_log_is_migrated_in_place_and_keeps_its_rows(tmp_path):
-    from server.completion_log import MIGRATIONS
+    from core.completion_log import MIGRATIONS
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
@@ -92,7 +92,7 @@ def test_stats_per_model_and_language(tmp_path):
 _OPEN_AND_ADD = """
 import sys, time
 from pathlib import Path
-from server.completion_log import CompletionLog, Record
+from core.completion_log import CompletionLog, Record
 path, start, cid = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 while time.time() < start:
     pass
@@ -172,7 +172,7 @@ def test_secrets_are_redacted_before_anything_is_stored(tmp_path):
 def test_rows_older_than_the_retention_are_pruned_at_open(tmp_path, monkeypatch):
     import time
 
-    from server.completion_log import open_log
+    from core.completion_log import open_log
 
     db = tmp_path / "l.db"
     log = CompletionLog(db)
@@ -207,7 +207,7 @@ def test_log_purge_leaves_no_bytes_of_the_purged_rows(tmp_path):
     env = dict(os.environ, STROP_HOME=str(home))
 
     def strop(*args):
-        return subprocess.run([sys.executable, "-m", "server.cli", "log", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "strop", "log", *args], env=env, capture_output=True,
                               text=True, timeout=120)
 
     out = strop("purge", "--older-than", "5")

@@ -37,7 +37,7 @@ def _env(home: Path) -> dict:
 
 
 def _distill(repo: Path, home: Path, *extra: str, **kw) -> subprocess.Popen:
-    args = [sys.executable, "-m", "server.cli", "distill", "--once", "--repo", str(repo)]
+    args = [sys.executable, "-m", "strop", "distill", "--once", "--repo", str(repo)]
     for s in SETTINGS:
         args += ["--set", s]
     return subprocess.Popen(args + list(extra), env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -45,7 +45,7 @@ def _distill(repo: Path, home: Path, *extra: str, **kw) -> subprocess.Popen:
 
 
 def _import_base(tiny_fim_model, repo: Path, home: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "server.cli", "models", "import", str(tiny_fim_model.gguf_q8),
+    out = subprocess.run([sys.executable, "-m", "strop", "models", "import", str(tiny_fim_model.gguf_q8),
                           "--name", "tiny-fim", "--repo", str(repo), "--promote"],
                          env=_env(home), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -69,7 +69,7 @@ def _registry(home: Path, repo: Path):
 
 def _log_accepted_completion(home: Path, repo: Path) -> None:
     """A completion a user accepted and kept in the repository, as `strop serve` logs it."""
-    from server.completion_log import CompletionLog, Record
+    from core.completion_log import CompletionLog, Record
 
     log = CompletionLog(home / "completions.sqlite3")
     log.add(Record(id="accepted-1", repo=str(repo.resolve()), path="scratch.py", language="python", model="tiny",
@@ -94,7 +94,7 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
         from pytest_lsp import make_test_lsp_client  # noqa: F401  (same client, started without --model)
         from tests import lsp_support
         c = lsp_support.make_test_lsp_client()
-        await c.start_io(sys.executable, "-m", "server.cli", "serve", "--repo", str(repo),
+        await c.start_io(sys.executable, "-m", "strop", "serve", "--repo", str(repo),
                          env=dict(_env(home), STROP_REGISTRY_POLL_S="0.5", STROP_TIME_CAP_MS="30000"))
         from lsprotocol import types as t
         await c.initialize_session(t.InitializeParams(capabilities=lsp_support.CLIENT_CAPS, root_uri=repo.as_uri()))

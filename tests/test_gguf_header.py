@@ -91,7 +91,7 @@ def test_models_import_of_crafted_files_prints_one_message_and_no_traceback(tmp_
     for case in ("huge key length", "arrays nested 5000 deep", "huge dimension count", "huge string value"):
         path = tmp_path / (case.replace(" ", "-") + ".gguf")
         path.write_bytes(CRAFTED[case])
-        out = subprocess.run([sys.executable, "-m", "server.cli", "models", "import", str(path)], env=env,
+        out = subprocess.run([sys.executable, "-m", "strop", "models", "import", str(path)], env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 1, (case, out.stderr)
         assert "strop: error:" in out.stderr and str(path) in out.stderr, (case, out.stderr)

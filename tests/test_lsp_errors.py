@@ -48,7 +48,7 @@ def test_unloadable_promotion_is_never_swapped_in(tmp_path, tiny_fim_model, smol
 
         from tests import lsp_support
         c = lsp_support.make_test_lsp_client()
-        await c.start_io(__import__("sys").executable, "-m", "server.cli", "serve", "--repo", str(tmp_path),
+        await c.start_io(__import__("sys").executable, "-m", "strop", "serve", "--repo", str(tmp_path),
                          env=dict(os.environ, STROP_REGISTRY_POLL_S="0.3"))
         await c.initialize_session(t.InitializeParams(capabilities=lsp_support.CLIENT_CAPS, root_uri=tmp_path.as_uri()))
         st = await lsp_support.wait_ready(c)

@@ -272,7 +272,7 @@ def test_strop_complete_refuses_a_secret_file_without_opening_it(tmp_path):
 
     dotenv = tmp_path / ".env"
     dotenv.write_text(f"DB_PASSWORD={DB_PASSWORD}\n")
-    out = subprocess.run([sys.executable, "-m", "server.cli", "complete", str(dotenv), "--line", "1", "--col", "4"],
+    out = subprocess.run([sys.executable, "-m", "strop", "complete", str(dotenv), "--line", "1", "--col", "4"],
                          env=dict(os.environ, STROP_HOME=str(tmp_path / "home")), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 1 and "secret file" in out.stderr and "Traceback" not in out.stderr, out.stderr

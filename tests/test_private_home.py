@@ -12,7 +12,7 @@ import pytest
 
 def strop(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, STROP_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "strop", *args], env=env, capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

@@ -58,7 +58,7 @@ async def test_served_sampled_trained_and_evaluated_prompts_are_the_same_tokens(
     from distill.tokenize import IGNORE_INDEX, encode_example
     from distill.train import TrainConfig
     from server.completer import Completer, Request
-    from server.completion_log import CompletionLog, Record
+    from core.completion_log import CompletionLog, Record
     from server.engine import Engine
 
     gguf, tok_source = model

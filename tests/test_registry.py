@@ -381,7 +381,7 @@ def strop_env() -> dict[str, str]:
 
 def strop(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real `strop` command line in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "server.cli", *argv], cwd=cwd, env=env or strop_env(),
+    return subprocess.run([sys.executable, "-m", "strop", *argv], cwd=cwd, env=env or strop_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -444,7 +444,7 @@ def test_cli_needs_a_repository(tmp_path: Path, home: Path) -> None:
 
 
 def test_pull_without_huggingface_hub_says_what_to_install(home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from server.cli import main
+    from strop.cli import main
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # how Python marks a module as not importable
     assert main(["models", "pull", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"]) == 1

@@ -42,9 +42,9 @@ expect("status error", format({ state = "error", enabled = true }), "strop: erro
 expect("status none", format(nil), "strop: starting")
 
 local config = require("strop.config")
-config.setup({ cmd = { "/venv/bin/python", "-m", "server.cli", "serve" }, model = "/m.gguf", filetypes = { "python", "lua" } })
-expect("cli from cmd", config.cli_cmd(), { "/venv/bin/python", "-m", "server.cli" })
-expect("server cmd", config.server_cmd(), { "/venv/bin/python", "-m", "server.cli", "serve", "--model", "/m.gguf" })
+config.setup({ cmd = { "/venv/bin/python", "-m", "strop", "serve" }, model = "/m.gguf", filetypes = { "python", "lua" } })
+expect("cli from cmd", config.cli_cmd(), { "/venv/bin/python", "-m", "strop" })
+expect("server cmd", config.server_cmd(), { "/venv/bin/python", "-m", "strop", "serve", "--model", "/m.gguf" })
 expect("wanted filetype", config.wants_filetype("python"), true)
 expect("other filetype", config.wants_filetype("rust"), false)
 config.setup({ exclude_filetypes = { "markdown" } })

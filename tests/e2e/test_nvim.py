@@ -20,7 +20,7 @@ from .nvim_driver import Nvim, lua_string, nvim_executable, poll
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "editors" / "nvim"
-STROP = [sys.executable, "-m", "server.cli"]
+STROP = [sys.executable, "-m", "strop"]
 
 # SmolLM2 has no FIM tokens: it continues the prefix. After "return " in a recursive
 # function it writes an expression, never an empty line.

@@ -71,7 +71,7 @@ export function serveCommand(cfg: StropConfig): { command: string; args: string[
 
 /**
  * The command line of another strop subcommand (`log`, `distill`, `stats`): the server arguments
- * before `serve` (e.g. `-m server.cli` when serverPath is a Python interpreter), then `sub`.
+ * before `serve` (e.g. `-m strop` when serverPath is a Python interpreter), then `sub`.
  */
 export function cliCommand(cfg: StropConfig, sub: readonly string[]): { command: string; args: string[] } {
   const serveAt = cfg.serverArgs.indexOf('serve');

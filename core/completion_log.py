@@ -24,8 +24,7 @@ from pathlib import Path
 
 from core.secrets import redact, redact_pieces
 
-from core.paths import log_db_path
-from .config import log_retention_days
+from core.paths import log_db_path, log_retention_days
 from core.errors import DiskFull, StropError
 
 SCHEMA_VERSION = 2
