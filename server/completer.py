@@ -214,8 +214,18 @@ class Completer:
         return await loop.run_in_executor(None, self.engine.wait_ready, wait_s) and self.engine.model is not None
 
     def _finish(self, req: Request, cid: str, rest: str, full: str, source: str, t0: float) -> Result:
+        """An answer without the model (typed-through or cached): logged as its own row, so the stats
+        count it (`without_model`, latency over all answers). The row holds no context (the shown
+        completion's row has it) and the answer keeps the shown completion's id for accept/dismiss."""
         latency = (time.perf_counter() - t0) * 1000
         self.last_latency_ms = latency
+        if self.log is not None:
+            model = self.engine.model
+            self._safe_log(Record(
+                id=uuid.uuid4().hex, repo=self.repo, path=req.path, language=req.language,
+                model=model.resolved.name if model else "", model_version=model.resolved.version if model else "",
+                prefix="", suffix="", snippets=[], completion=rest, multiline="\n" in full, trigger=req.trigger,
+                latency_ms=latency, source=source))
         return Result(cid, rest, full, source, latency)
 
     def _safe_log(self, rec: Record) -> None:

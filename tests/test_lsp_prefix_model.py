@@ -117,6 +117,12 @@ async def test_typed_through_needs_no_model_call(served):
     assert item2.insert_text == text[2:]
     assert item_id(item2) == item_id(item)
     assert (await status(client))["modelCalls"] == calls
+    # The answer without the model reaches the log, so `strop stats` counts it.
+    from server.stats import compute
+
+    typed = [r for r in rows(home) if r["source"] == "typed-through" and r["path"].endswith("typed.py")]
+    assert len(typed) == 1 and typed[0]["completion"] == text[2:] and typed[0]["prefix"] == ""
+    assert compute(rows(home))["total"]["without_model"] >= 1
 
 
 async def test_newer_request_supersedes_older_ones(served):
