@@ -18,13 +18,13 @@ import json
 import logging
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.completion_log import open_log
 from core.paths import strop_home
 from core import git as gitmod
+from core import settings
 from core.completion import PromptSettings
 from core.errors import StropError
 from core.models import resolve
@@ -335,65 +335,37 @@ def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
 
 # --- configuration --------------------------------------------------------------------------------
 def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()) -> CycleConfig:
-    """Defaults < TOML file < --set < --exclude. Sections: [cycle], [files] (which repository files
-    count, for both the held-out split and the prompts: exclude_globs, max_file_bytes, languages),
-    [split], [harvest], [sample], [train], [eval]."""
+    """The configuration tree's distillation sections (core.settings: defaults < $STROP_HOME/config.toml
+    < --config FILE < --set < --exclude): [cycle], [prompt] (shared with serving), [files] (which
+    repository files count, for both the held-out split and the prompts: exclude_globs,
+    max_file_bytes, languages), [split], [harvest], [sample], [train], [eval]. [serve] is serving's."""
     from .train import TrainConfig
 
     cfg = CycleConfig(train=TrainConfig())
-    values: dict[str, dict] = {}
-    if path:
-        try:
-            values = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise StropError(f"--config {path}: {err}") from err
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise StropError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. sample.n_per_prompt=2")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        values.setdefault(section, {})[name] = value
+    values = settings.merge(settings.read_toml(), settings.read_toml(path, required=True) if path else {},
+                            settings.parse_overrides(overrides))
     files = cfg.split.files
     for section, kv in values.items():
+        if section == "serve":
+            continue
         if section == "cycle":
-            cfg = _replace(cfg, kv, "cycle")
+            cfg = settings.apply(cfg, kv, "cycle", skip=_SECTIONS)
         elif section == "files":
-            files = _replace(files, kv, "files")
-        elif section == "prompt":
-            cfg = dataclasses.replace(cfg, prompt=_replace(cfg.prompt, kv, "prompt"))
-        elif section in ("split", "harvest", "sample", "train", "eval"):
+            files = settings.apply(files, kv, "files")
+        elif section in _SECTIONS:
             if "files" in kv:
                 raise StropError(f"{section}.files: set file selection in the [files] section (it applies to "
                                  "the split and the prompts alike)")
-            cfg = dataclasses.replace(cfg, **{section: _replace(getattr(cfg, section), kv, section)})
+            cfg = dataclasses.replace(cfg, **{section: settings.apply(getattr(cfg, section), kv, section)})
         else:
-            raise StropError(f"unknown configuration section [{section}]; known: cycle, files, prompt, split, "
-                             "harvest, sample, train, eval")
+            raise StropError(f"unknown configuration section [{section}]; known: serve, cycle, files, "
+                             f"{', '.join(_SECTIONS)}")
     files = dataclasses.replace(files, exclude_globs=tuple(files.exclude_globs) + tuple(exclude))
     return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, files=files),
                                harvest=dataclasses.replace(cfg.harvest, files=files))
 
 
-def _replace(obj, kv: dict, section: str):
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    changes = {}
-    for k, v in kv.items():
-        if k not in names:
-            raise StropError(f"unknown setting {section}.{k}; known: {', '.join(sorted(names))}")
-        cur = getattr(obj, k)
-        if isinstance(v, list):  # TOML/JSON arrays; the config dataclasses hold tuples
-            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        elif isinstance(cur, Path) or (cur is None and k.endswith(("_model", "_path"))):
-            v = Path(v)
-        changes[k] = v
-    try:
-        return dataclasses.replace(obj, **changes)
-    except (TypeError, ValueError) as err:  # a config dataclass refusing a value
-        raise StropError(f"[{section}]: {err}") from err
+_SECTIONS = ("prompt", "split", "harvest", "sample", "train", "eval")
 
 
 # --- CLI entry points ---------------------------------------------------------------------------------

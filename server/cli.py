@@ -45,7 +45,7 @@ def cmd_serve(args) -> int:
     if args.model is not None and not args.model.is_file():
         raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
-    cfg = ServeConfig(repo_root=args.repo.resolve() if args.repo else None).with_env()
+    cfg = ServeConfig(repo_root=args.repo.resolve() if args.repo else None).configured()
     server = build_server(cfg, explicit_model=args.model)
     # The LSP stream gets its own descriptor, and fd 1 becomes a copy of stderr: llama-cpp-python
     # points fd 1 at /dev/null while it loads a model (verbose=False), which would swallow any LSP
@@ -97,7 +97,7 @@ def cmd_complete(args) -> int:
     offset = sum(len(line) + 1 for line in lines[: args.line - 1]) + args.col - 1
     repo = (args.repo.resolve() if args.repo else None) or git_root(path.parent)
     # One cold completion: the whole context, not the interactive prompt budget.
-    cfg = replace(ServeConfig(repo_root=repo).with_env(), prompt_budget_ms=0)
+    cfg = replace(ServeConfig(repo_root=repo).configured(), prompt_budget_ms=0)
     engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, slots=1)
     resolved = resolve(args.model, repo)
     engine.load(resolved)

@@ -113,7 +113,8 @@ class Completer:
         model = self.engine.model
         cfg = self.cfg
         prompt = PromptSettings(budget_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
-                                extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines)
+                                extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines,
+                                max_snippets=cfg.max_snippets)
         return CompletionPath(model.fim if model else None, self._count, prompt, cfg, repo_name=self.repo_name)
 
     def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:

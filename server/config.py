@@ -1,19 +1,14 @@
-"""Where strop keeps its state, and the serving defaults in one place.
-
-Precedence, written once: defaults < environment (STROP_*) < command-line flags.
-"""
+"""The serving settings ([serve] and [prompt] of the configuration tree; loaded by core.settings:
+defaults < $STROP_HOME/config.toml < STROP_<KEY> environment variables < command-line flags)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import settings
 from core.completion import PromptSettings
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() not in ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -29,6 +24,7 @@ class ServeConfig:
     prefix_share: float = PromptSettings.prefix_share
     extra_share: float = PromptSettings.extra_share
     chunk_lines: int = PromptSettings.chunk_lines
+    max_snippets: int = PromptSettings.max_snippets
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     # Budgets, as llama.vim's t_max_prompt_ms / t_max_predict_ms: reading and writing apart.
@@ -51,20 +47,13 @@ class ServeConfig:
     max_message_bytes: int = 64 * 2**20  # a larger LSP message is skipped and answered with an error
     repo_root: Path | None = None
 
-    def with_env(self) -> "ServeConfig":
-        env = os.environ
-        changes: dict = {}
-        for name, cast in (
-            ("n_ctx", int), ("n_threads", int), ("n_gpu_layers", int), ("budget_tokens", int),
-            ("max_new_tokens", int), ("time_cap_ms", int), ("temperature", float), ("registry_poll_s", float),
-            ("retention_after_s", float), ("prompt_budget_ms", int), ("warm_budget_ms", int), ("predict_soft_ms", int),
-            ("first_request_wait_ms", int), ("warm_slots", int), ("speculative", _flag), ("heal", _flag),
-            ("prefix_share", float),
+    def configured(self) -> "ServeConfig":
+        """These settings after `$STROP_HOME/config.toml` ([prompt], then [serve]) and `STROP_<KEY>`
+        environment variables (core.settings: the one loader serving and distillation share)."""
+        tree = settings.read_toml()
+        cfg = settings.apply(self, tree.get("prompt", {}), "prompt", skip=_FLAGS_ONLY)
+        cfg = settings.apply(cfg, tree.get("serve", {}), "serve", skip=_FLAGS_ONLY)
+        return settings.from_env(cfg, "serve", skip=_FLAGS_ONLY)
 
 
-            ("retention_after_s", float), ("max_message_bytes", int),
-        ):
-            key = f"STROP_{name.upper()}"
-            if key in env:
-                changes[name] = cast(env[key])
-        return replace(self, **changes)
+_FLAGS_ONLY = ("model_path", "repo_root")  # given on the command line (--model, --repo)

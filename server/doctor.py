@@ -71,7 +71,7 @@ def _canary(checks: list[Check], resolved, n_threads: int) -> None:
     from .config import ServeConfig
     from .engine import Engine
 
-    budget_ms = ServeConfig().with_env().prompt_budget_ms
+    budget_ms = ServeConfig().configured().prompt_budget_ms
     engine = Engine(n_ctx=1024, n_threads=n_threads, n_gpu_layers=-1, slots=1)
     t0 = time.perf_counter()
     try:
