@@ -302,9 +302,11 @@ class CompletionLog:
         return list(self.rows("repo = ? AND outcome IN ('accepted', 'partial')", (repo,)))
 
     def change_stamp(self, repo: str) -> tuple[int, float]:
-        """(rows, newest outcome time) for a repository: cheap 'did the log change' check for the scheduler."""
+        """(rows, newest outcome time) for a repository: cheap 'did the log change' check for the scheduler.
+        Only the model's completions count: an answer without the model (typed-through, cached) is
+        never training data, so it does not make the next cycle run."""
         with self._lock:
             row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(MAX(COALESCE(outcome_at, created_at)), 0) FROM completions WHERE repo = ?",
-                (repo,)).fetchone()
+                "SELECT COUNT(*), COALESCE(MAX(COALESCE(outcome_at, created_at)), 0) FROM completions "
+                "WHERE repo = ? AND source = 'model'", (repo,)).fetchone()
         return int(row[0]), float(row[1])

@@ -26,6 +26,7 @@ from .config import ServeConfig
 from core.context import OtherDocument
 from .documents import is_secret_document, uri_path
 from .engine import Engine
+from .hot_swap import watch_registry
 from core.errors import BadRequest, StropError
 from core.git import toplevel as git_root
 from core.models import ResolvedModel, resolve
@@ -194,35 +195,8 @@ class StropServer(LanguageServer):
 
         self.engine.load_async(self.resolved, done)
 
-    async def watch_registry(self, explicit: bool) -> None:
-        """Swap to a newly promoted model between requests (no restart, no failed in-flight request)."""
-        if explicit or self.repo_root is None:
-            return
-        from core.registry import RegistryReader as Registry, repo_key
-
-        registry, key = Registry(), repo_key(self.repo_root)
-        stamp = registry.promoted_stamp(key)
-        while True:
-            await asyncio.sleep(self.cfg.registry_poll_s)
-            try:
-                now = registry.promoted_stamp(key)
-                if now == stamp:
-                    continue
-                stamp = now
-                resolved = resolve(None, self.repo_root)
-                current = self.engine.model
-                if current is not None and current.resolved.version == resolved.version:
-                    continue
-                log.info("registry: swapping to %s", resolved.version)
-                self.resolved = resolved
-
-                def done(ok: bool, error: str | None, v=resolved.version) -> None:
-                    if not ok:
-                        log.error("registry: %s not swapped in: %s", v, error)
-
-                self.engine.load_async(resolved, done)
-            except Exception:  # a broken registry must not stop serving
-                log.exception("registry watch failed")
+    def set_resolved(self, resolved: ResolvedModel) -> None:
+        self.resolved = resolved
 
     def warm_up(self, uri: str, position: t.Position) -> None:
         """Evaluate the prompt of a position ahead of the next keystroke (no generation)."""
@@ -346,7 +320,9 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         ls.completer = Completer(ls.engine, cfg, ls.completion_log, repo=repo,
                                  repo_name=ls.repo_root.name if ls.repo_root else "")
         ls.start_model(explicit_model)
-        ls._watch_task = asyncio.ensure_future(ls.watch_registry(explicit_model is not None))
+        if explicit_model is None and ls.repo_root is not None:
+            ls._watch_task = asyncio.ensure_future(watch_registry(ls.engine, ls.repo_root, cfg.registry_poll_s,
+                                                                  ls.set_resolved))
         asyncio.ensure_future(_retention_timer(ls))
 
     @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
