@@ -122,7 +122,14 @@ def cmd_complete(args) -> int:
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="acceptance, retained characters and latency from the log")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--repo", type=Path, help="only this repository")
+    p.add_argument("--repo", type=Path, help="only this repository (and its registry's promotions and reports "
+                                              "on the --html page)")
+    p.add_argument("--log", type=Path, nargs="+", action="extend", metavar="FILE",
+                   help="read these completion logs (e.g. a team's, copied together) instead of this machine's; "
+                        "with --repo, rows of a checkout of the same name elsewhere count too")
+    p.add_argument("--html", type=Path, metavar="OUT.html",
+                   help="write one self-contained page (tables and charts per model version and day); "
+                        "needs matplotlib: pip install 'strop[stats]'")
     p.set_defaults(func=cmd_stats)
 
 
@@ -130,8 +137,25 @@ def cmd_stats(args) -> int:
     from . import stats
     from core.completion_log import open_log
 
-    clog = open_log()
-    rows = clog.rows("repo = ?", (str(args.repo.resolve()),)) if args.repo else clog.rows()
+    repo = args.repo.resolve() if args.repo else None
+    sources = [str(p) for p in args.log or ()]
+    if args.log:
+        from .stats_html import team_rows
+
+        rows = team_rows(args.log, repo)
+    else:
+        clog = open_log()
+        sources = [str(clog.path)]
+        rows = list(clog.rows("repo = ?", (str(repo),)) if repo else clog.rows())
+    if args.html:
+        from .stats_html import write
+
+        logs = ", ".join(sources)
+        scope = (f"Repository {repo}; logs: {logs}." if repo else
+                 f"All repositories (pass --repo DIR for one, with its promotions and reports); logs: {logs}.")
+        out = write(args.html, rows, repo, scope=scope)
+        print(f"wrote {out} ({len(rows)} completions)")
+        return 0
     result = stats.compute(rows)
     print(json.dumps(result, indent=2) if args.json else stats.render(result))
     return 0

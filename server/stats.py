@@ -35,6 +35,7 @@ def _summary(rows: list[dict]) -> dict:
         "retention_rate": (round(sum(r["retained_chars"] for r in measured)
                                  / max(1, sum(r["accepted_chars"] or 0 for r in measured)), 4) if measured else None),
         "latency_ms_p50": _pct(model_lat, 50),
+        "latency_ms_p90": _pct(model_lat, 90),
         "latency_ms_p95": _pct(model_lat, 95),
         "latency_ms_p50_all": _pct(all_lat, 50),
         "without_model": sum(1 for r in rows if r["source"] != "model"),
