@@ -44,6 +44,10 @@ def log_retention_days() -> float | None:
     """Days the completion log keeps a row (STROP_LOG_RETENTION_DAYS, default 30; `never` keeps all)."""
     raw = os.environ.get("STROP_LOG_RETENTION_DAYS", "").strip()
     if not raw:
+        from core.settings import read_toml  # [log] retention_days of the configuration file
+
+        raw = str(read_toml().get("log", {}).get("retention_days", "")).strip()
+    if not raw:
         return DEFAULT_LOG_RETENTION_DAYS
     if raw.lower() == "never":
         return None

@@ -346,7 +346,7 @@ def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()
                             settings.parse_overrides(overrides))
     files = cfg.split.files
     for section, kv in values.items():
-        if section == "serve":
+        if section in ("serve", "log"):  # serving's sections of the same file
             continue
         if section == "cycle":
             cfg = settings.apply(cfg, kv, "cycle", skip=_SECTIONS)
@@ -358,7 +358,7 @@ def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()
                                  "the split and the prompts alike)")
             cfg = dataclasses.replace(cfg, **{section: settings.apply(getattr(cfg, section), kv, section)})
         else:
-            raise StropError(f"unknown configuration section [{section}]; known: serve, cycle, files, "
+            raise StropError(f"unknown configuration section [{section}]; known: serve, log, cycle, files, "
                              f"{', '.join(_SECTIONS)}")
     files = dataclasses.replace(files, exclude_globs=tuple(files.exclude_globs) + tuple(exclude))
     return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, files=files),

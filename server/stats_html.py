@@ -29,7 +29,7 @@ from core.errors import StropError
 from core.registry import RegistryReader, repo_key
 
 from . import stats
-from .completion_log import CompletionLog
+from core.completion_log import CompletionLog
 
 METRIC_COLUMNS = (  # (summary key, header)
     ("completions", "completions"), ("shown", "shown"), ("accepted", "accepted"),

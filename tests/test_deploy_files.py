@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from distill.cycle import load_config
-from server.config import ServeConfig, log_retention_days
+from core.paths import log_retention_days
+from server.config import ServeConfig
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 EXAMPLE = DEPLOY / "config.example.toml"
@@ -35,10 +36,10 @@ def example(uncomment: bool) -> dict:
 def test_every_distill_key_of_the_example_is_read_by_load_config(tmp_path):
     values = example(uncomment=True)
     assert set(values) == {"serve", "log", *DISTILL_SECTIONS}
-    # load_config refuses unknown sections and keys: give it the distill sections, uncommented.
-    distill_only = tmp_path / "distill.toml"
+    # load_config refuses unknown sections and keys; the whole file (uncommented) is what it reads.
+    distill_only = tmp_path / "config.toml"
     body = []
-    for section in DISTILL_SECTIONS:
+    for section in values:
         body.append(f"[{section}]")
         for key, value in values[section].items():
             body.append(f"{key} = {_toml(value)}")
@@ -73,11 +74,23 @@ def test_every_serve_and_log_key_is_a_real_environment_setting(monkeypatch):
     for key, value in values["serve"].items():  # STROP_<KEY> really changes the setting
         changed = (not value) if isinstance(value, bool) else value + 1
         monkeypatch.setenv(f"STROP_{key.upper()}", str(int(changed) if isinstance(changed, bool) else changed))
-        assert getattr(ServeConfig().with_env(), key) == changed, f"STROP_{key.upper()} is not read"
+        assert getattr(ServeConfig().configured(), key) == changed, f"STROP_{key.upper()} is not read"
         monkeypatch.delenv(f"STROP_{key.upper()}")
     assert set(values["log"]) == {"retention_days"}
     monkeypatch.setenv("STROP_LOG_RETENTION_DAYS", "7")
     assert log_retention_days() == 7.0
+
+
+def test_the_example_as_the_config_file_is_read_by_serving_and_distillation(tmp_path, monkeypatch):
+    """Copied to $STROP_HOME/config.toml with one value changed per side, the example is read as is."""
+    monkeypatch.setenv("STROP_HOME", str(tmp_path))
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^time_cap_ms = \d+", "time_cap_ms = 1777", text)
+    text = re.sub(r"(?m)^retention_days = \d+", "retention_days = 9", text)
+    (tmp_path / "config.toml").write_text(text, encoding="utf-8")
+    assert ServeConfig().configured().time_cap_ms == 1777
+    assert log_retention_days() == 9.0
+    assert load_config(None, []).prompt.budget_tokens == ServeConfig().configured().budget_tokens
 
 
 def _toml(value) -> str:
@@ -98,7 +111,7 @@ def unit(name: str) -> configparser.ConfigParser:
 
 
 def test_units_run_the_commands_strop_has():
-    from server.cli import build_parser
+    from strop.cli import build_parser
 
     parser = build_parser()
     long_running = unit("strop-distill.service")["Service"]

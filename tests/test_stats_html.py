@@ -21,7 +21,7 @@ import pytest
 
 from core.registry import repo_key
 from distill.registry import Registry
-from server.completion_log import CompletionLog, Record
+from core.completion_log import CompletionLog, Record
 from server.stats_html import read_log, team_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def test_page_renders_the_known_numbers_in_real_chromium(tmp_path):
     page = tmp_path / "stats.html"
     env = {**os.environ, "STROP_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "server.cli", "stats", "--html", str(page), "--repo", str(repo),
+    done = subprocess.run([sys.executable, "-m", "strop", "stats", "--html", str(page), "--repo", str(repo),
                            "--log", str(alice), str(bob)], capture_output=True, text=True, env=env, timeout=300)
     write_s = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr
@@ -205,7 +205,7 @@ def test_an_empty_log_still_makes_a_page(tmp_path):
     log.close()
     page = tmp_path / "p.html"
     env = {**os.environ, "STROP_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "stats", "--html", str(page), "--log", str(log.path)],
+    done = subprocess.run([sys.executable, "-m", "strop", "stats", "--html", str(page), "--log", str(log.path)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     text = page.read_text(encoding="utf-8")
