@@ -10,7 +10,7 @@ sampled, trained, evaluated and served on the same token sequence for the same p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +29,16 @@ class PromptSettings:
     extra_share: float = 0.25  # of the whole, for repository context (other documents, retrieval)
     chunk_lines: int = 32  # the prefix window's start moves by this many lines (keeps the KV cache)
     max_snippets: int = 3
+    retrieval_k: int = 3  # repository chunks retrieved into the snippets (BM25, core/repo_context.py; 0: off)
 
     def budget(self, *, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Budget:
         return ctxmod.Budget(total_tokens=total_tokens or self.budget_tokens, prefix_share=self.prefix_share,
                              extra_share=0.0 if cold else self.extra_share, chunk_lines=2 if cold else self.chunk_lines,
                              max_snippets=self.max_snippets)
+
+
+Retrieve = Callable[[str, str, int], Sequence[Snippet]]
+"""(path, text, cursor offset) → repository snippets for the prompt (core.repo_context.Retriever)."""
 
 
 class GenerationLimits(Protocol):
@@ -114,19 +119,25 @@ class CompletionPath:
     """Prompt layout, job and hygiene for one model (its FIM format and tokenizer)."""
 
     def __init__(self, fmt: FimFormat | None, count: ctxmod.CountTokens, prompt: PromptSettings,
-                 limits: GenerationLimits, *, repo_name: str = "") -> None:
+                 limits: GenerationLimits, *, repo_name: str = "", retriever: Retrieve | None = None) -> None:
         self.fmt = fmt
         self.count = count
         self.prompt = prompt
         self.limits = limits
         self.repo_name = repo_name
+        self.retriever = retriever
 
     def context(self, pos: Position, *, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
         """The prompt's context; `cold` is a small one for a keystroke that finds nothing warm (no
         repository context, short chunks), `total_tokens` overrides the budget."""
+        others = () if cold else tuple(pos.others)
+        if not cold and pos.snippets is None and self.retriever is not None:
+            # Repository retrieval after the open documents, within the same snippet budget.
+            others += tuple(ctxmod.OtherDocument(s.path, s.text, 0)
+                            for s in self.retriever(pos.path, pos.text, pos.offset))
         return ctxmod.build(pos.text, pos.offset, fmt=self.fmt, count=self.count,
                             budget=self.prompt.budget(total_tokens=total_tokens, cold=cold), path=pos.path,
-                            language=pos.language, others=() if cold else pos.others,
+                            language=pos.language, others=others,
                             snippets=None if cold else pos.snippets, repo_name=self.repo_name)
 
     def job(self, ctx: ctxmod.Context, *, key: str, sampling: Sampling, multiline: bool | None = None) -> Job:

@@ -154,6 +154,7 @@ class RepoIndex:
         self._stats = _Stats()
         self._dirty = False
         self._tracked: frozenset[str] = frozenset()
+        self._version = 0
 
     # --- building -------------------------------------------------------------------------------
 
@@ -282,8 +283,14 @@ class RepoIndex:
                 self._swap(files, changed, t0)
             return changed
 
+    @property
+    def version(self) -> int:
+        """Changes whenever the indexed content does (for callers that cache query results)."""
+        return self._version
+
     def _swap(self, files: dict[str, _File], changed: list[str], t0: float) -> None:
         self._snap = _snapshot(files)
+        self._version += 1
         self._dirty = True
         self._stats.last_update_seconds = time.perf_counter() - t0
         self._stats.last_update_files = len(changed)

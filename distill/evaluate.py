@@ -82,13 +82,14 @@ class Evaluator:
     """One loaded model; predicts and scores held-out items exactly as `strop serve` would."""
 
     def __init__(self, model_path: Path, cfg: EvalConfig, *, prompt: PromptSettings = PromptSettings(),
-                 repo_name: str = "") -> None:
+                 repo_name: str = "", retriever=None) -> None:
         self.cfg = cfg
         self.path = Path(model_path)
         self.engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=os.cpu_count() or 1, n_gpu_layers=-1)
         self.engine.load(ResolvedModel(self.path, self.path.stem, self.path.stem, "flag"))
         self.model = self.engine.model
-        self.completion = CompletionPath(self.model.fim, self.engine.count_tokens, prompt, cfg, repo_name=repo_name)
+        self.completion = CompletionPath(self.model.fim, self.engine.count_tokens, prompt, cfg, repo_name=repo_name,
+                                         retriever=retriever)
         self._ppl_llm = None
 
     def close(self) -> None:
@@ -217,16 +218,16 @@ def gate(cand: Scores, base: Scores, cfg: EvalConfig) -> tuple[bool, list[str]]:
 
 def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: list[EvalItem],
             cfg: EvalConfig = EvalConfig(), *, prompt: PromptSettings = PromptSettings(), repo_name: str = "",
-            baseline_temperature: float = 0.0, progress: bool = True) -> Verdict:
+            baseline_temperature: float = 0.0, progress: bool = True, retriever=None) -> Verdict:
     """Tune the candidate's T_eval on validation; score both on test; decide."""
-    ev = Evaluator(candidate, cfg, prompt=prompt, repo_name=repo_name)
+    ev = Evaluator(candidate, cfg, prompt=prompt, repo_name=repo_name, retriever=retriever)
     try:
         t_eval, curve = ev.tune_temperature(validation, progress=progress)
         cand = ev.score(test, t_eval, perplexity=cfg.perplexity, progress=progress)
         cand_greedy = cand if t_eval == 0.0 else ev.score(test, 0.0, progress=progress)
     finally:
         ev.close()
-    eb = Evaluator(baseline, cfg, prompt=prompt, repo_name=repo_name)
+    eb = Evaluator(baseline, cfg, prompt=prompt, repo_name=repo_name, retriever=retriever)
     try:
         base = eb.score(test, baseline_temperature, perplexity=cfg.perplexity, progress=progress)
         base_greedy = base if baseline_temperature == 0.0 else eb.score(test, 0.0, progress=progress)

@@ -113,7 +113,7 @@ def dropped_path(out_path: Path) -> Path:
 
 def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
            progress: bool = True, engine: InProcessEngine | None = None,
-           prompt: PromptSettings = PromptSettings(), repo_name: str = "") -> SampleStats:
+           prompt: PromptSettings = PromptSettings(), repo_name: str = "", retriever=None) -> SampleStats:
     """Append samples for every (prompt, index) not yet in `out_path` (kept) or its dropped file;
     return what happened."""
     import os
@@ -134,7 +134,7 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
         engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
         engine.load(ResolvedModel(Path(model_path), Path(model_path).stem, Path(model_path).stem, "flag"))
     model = engine.model
-    path = CompletionPath(model.fim, engine.count_tokens, prompt, cfg, repo_name=repo_name)
+    path = CompletionPath(model.fim, engine.count_tokens, prompt, cfg, repo_name=repo_name, retriever=retriever)
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True)
     try:

@@ -73,12 +73,13 @@ def refusal(req: Request, cfg: ServeConfig) -> str | None:
 
 class Completer:
     def __init__(self, engine: Engine, cfg: ServeConfig, completion_log: CompletionLog | None,
-                 *, repo: str = "", repo_name: str = "") -> None:
+                 *, repo: str = "", repo_name: str = "", retriever=None) -> None:
         self.engine = engine
         self.cfg = cfg
         self.log = completion_log
         self.repo = repo
         self.repo_name = repo_name
+        self.retriever = retriever  # core.completion.Retrieve: repository snippets, or None
         self.cache = CompletionCache()
         self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
@@ -114,8 +115,9 @@ class Completer:
         cfg = self.cfg
         prompt = PromptSettings(budget_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
                                 extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines,
-                                max_snippets=cfg.max_snippets)
-        return CompletionPath(model.fim if model else None, self._count, prompt, cfg, repo_name=self.repo_name)
+                                max_snippets=cfg.max_snippets, retrieval_k=cfg.retrieval_k)
+        return CompletionPath(model.fim if model else None, self._count, prompt, cfg, repo_name=self.repo_name,
+                              retriever=self.retriever)
 
     def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
         return self.completion_path().context(req.position(), total_tokens=total_tokens or self.full_budget_tokens(),

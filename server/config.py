@@ -25,6 +25,7 @@ class ServeConfig:
     extra_share: float = PromptSettings.extra_share
     chunk_lines: int = PromptSettings.chunk_lines
     max_snippets: int = PromptSettings.max_snippets
+    retrieval_k: int = PromptSettings.retrieval_k
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     # Budgets, as llama.vim's t_max_prompt_ms / t_max_predict_ms: reading and writing apart.

@@ -27,9 +27,12 @@ from core.context import OtherDocument
 from .documents import is_secret_document, uri_path
 from .engine import Engine
 from .hot_swap import watch_registry
+from .index_service import IndexService
 from core.errors import BadRequest, StropError
 from core.git import toplevel as git_root
 from core.models import ResolvedModel, resolve
+from core.repo_context import RetrievalSettings, Retriever
+from core.retrieval import store_dir_for
 from .params import command_arg, completion_id, uinteger
 from .retention import RetentionTracker
 from .rpc import StropProtocol
@@ -99,6 +102,7 @@ class StropServer(LanguageServer):
         self.cursor: dict | None = None  # the last strop/didMoveCursor: {"uri", "line", "character"}
         self.deferred_warm: tuple[str, t.Position] | None = None
         self._watch_task: asyncio.Task | None = None
+        self.index_service: IndexService | None = None  # the repository's BM25 index, kept fresh
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -122,6 +126,7 @@ class StropServer(LanguageServer):
             "llamaSettings": self.engine.settings,
             "promptTokensPerS": self.engine.speeds.get("prompt_tps"),
             "genTokensPerS": self.engine.speeds.get("gen_tps"),
+            "index": self.index_service.stats() if self.index_service else None,
         }
 
     def _engine_state(self, state: str, message: str | None) -> None:
@@ -317,8 +322,15 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         except StropError as err:
             ls.error_to_user(err)  # serve without a log rather than not at all
         repo = str(ls.repo_root) if ls.repo_root else ""
+        retriever = None
+        if ls.repo_root is not None and cfg.retrieval_k > 0:
+            # Built in a background thread: until it is ready, prompts have no repository chunks.
+            ls.index_service = IndexService(ls.repo_root, store_dir=store_dir_for(ls.repo_root))
+            ls.index_service.start()
+            service = ls.index_service
+            retriever = Retriever(lambda: service.index, RetrievalSettings(k=cfg.retrieval_k))
         ls.completer = Completer(ls.engine, cfg, ls.completion_log, repo=repo,
-                                 repo_name=ls.repo_root.name if ls.repo_root else "")
+                                 repo_name=ls.repo_root.name if ls.repo_root else "", retriever=retriever)
         ls.start_model(explicit_model)
         if explicit_model is None and ls.repo_root is not None:
             ls._watch_task = asyncio.ensure_future(watch_registry(ls.engine, ls.repo_root, cfg.registry_poll_s,
@@ -347,7 +359,11 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
 
     @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: StropServer, params: t.DidSaveTextDocumentParams) -> None:
-        ls.measure_retention(params.text_document.uri, saved=True)
+        uri = params.text_document.uri
+        ls.measure_retention(uri, saved=True)
+        doc = ls.workspace.text_documents.get(uri)
+        if ls.index_service is not None and doc is not None and uri_path(uri):
+            ls.index_service.on_saved(uri_path(uri), doc.source)  # the index follows saved text
 
     @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: StropServer, params: t.DidCloseTextDocumentParams) -> None:
@@ -480,6 +496,8 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         for tracked in ls.retention.pending():  # measure what we have rather than lose it
             ls.measure_retention(tracked.uri, closing=True)
         ls.engine.close()
+        if ls.index_service is not None:
+            ls.index_service.stop()  # persisted, so the next start re-reads only what changed
 
     debug.register(server)  # strop/debugDocument, only with STROP_DEBUG_REQUESTS=1
     return server
