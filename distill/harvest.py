@@ -28,36 +28,13 @@ from pathlib import Path, PurePosixPath
 from distill.records import LoggedContext, Prompt
 from distill.scrub import REDACTED, is_secret_file, redact
 from core import git
+from core.languages import LANGUAGE_BY_NAME, language_of
 from core.errors import StropError
 
 DEFAULT_MAX_PREFIX_CHARS = 6000
 DEFAULT_MAX_SUFFIX_CHARS = 2000
 
 # --- which files ----------------------------------------------------------------------------------
-
-# LSP language ids (https://microsoft.github.io/language-server-protocol/specification#textDocumentItem)
-LANGUAGE_BY_EXTENSION: Mapping[str, str] = {
-    ".py": "python", ".pyi": "python", ".pyw": "python",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascriptreact",
-    ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "typescriptreact",
-    ".go": "go", ".rs": "rust", ".java": "java", ".kt": "kotlin", ".kts": "kotlin", ".scala": "scala",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
-    ".hxx": "cpp", ".m": "objective-c", ".mm": "objective-cpp", ".cs": "csharp", ".fs": "fsharp",
-    ".swift": "swift", ".dart": "dart", ".lua": "lua", ".rb": "ruby", ".php": "php", ".pl": "perl",
-    ".pm": "perl", ".r": "r", ".jl": "julia", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang",
-    ".hs": "haskell", ".ml": "ocaml", ".mli": "ocaml", ".clj": "clojure", ".zig": "zig", ".nim": "nim",
-    ".sh": "shellscript", ".bash": "shellscript", ".zsh": "shellscript", ".fish": "fish",
-    ".ps1": "powershell", ".bat": "bat", ".sql": "sql", ".vim": "vim",
-    ".html": "html", ".htm": "html", ".css": "css", ".scss": "scss", ".less": "less",
-    ".vue": "vue", ".svelte": "svelte", ".xml": "xml", ".json": "json", ".jsonc": "jsonc",
-    ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".ini": "ini", ".cfg": "ini",
-    ".md": "markdown", ".rst": "restructuredtext", ".tex": "latex", ".proto": "proto3",
-    ".tf": "terraform", ".cmake": "cmake",
-}
-LANGUAGE_BY_NAME: Mapping[str, str] = {
-    "Makefile": "makefile", "makefile": "makefile", "GNUmakefile": "makefile",
-    "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake", "Rakefile": "ruby", "Gemfile": "ruby",
-}
 
 # Directories of other people's code, environments and caches, skipped at any depth.
 VENDORED_DIRS = frozenset({
@@ -97,28 +74,6 @@ class FileFilter:
 
 
 PROSE_AND_DATA = frozenset({"markdown", "restructuredtext", "latex", "json", "jsonc", "xml"})
-LANGUAGE_BY_INTERPRETER: Mapping[str, str] = {
-    "python": "python", "sh": "shellscript", "bash": "shellscript",
-    "zsh": "shellscript", "dash": "shellscript", "ksh": "shellscript", "node": "javascript",
-    "ruby": "ruby", "perl": "perl", "lua": "lua", "php": "php", "fish": "fish",
-}
-_SHEBANG = re.compile(r"#!\s*(?:/usr/bin/env\s+(?:-S\s+)?)?(?:\S*/)?([A-Za-z]+)")
-
-
-def language_of(path: str, text: str | None = None) -> str | None:
-    """The LSP language id of a file, or None when strop does not know the file type.
-
-    Decided by the file name or extension; an extensionless file (bin/ scripts) by its shebang
-    line when `text` is given.
-    """
-    pure = PurePosixPath(path)
-    if pure.name in LANGUAGE_BY_NAME:
-        return LANGUAGE_BY_NAME[pure.name]
-    if pure.suffix:
-        return LANGUAGE_BY_EXTENSION.get(pure.suffix.lower())
-    if text is not None and (m := _SHEBANG.match(text)):
-        return LANGUAGE_BY_INTERPRETER.get(m.group(1))  # python3.11 → "python"
-    return None
 
 
 def _language_reason(language: str | None, files: FileFilter) -> str | None:
