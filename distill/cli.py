@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one cycle setting, e.g. --set sample.n_per_prompt=2")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="never learn from or evaluate on files matching GLOB (repeatable; e.g. 'generated/**')")
+                   help="never learn from or evaluate on files matching GLOB, a .gitignore line "
+                        "(repeatable; e.g. 'generated/', '*.pb.go', '!keep.py')")
     p.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("eval", help="evaluate a model on the repository's held-out code")
