@@ -20,6 +20,7 @@ from core import context as ctxmod
 from server.completer import clean_generation, make_job
 from core.decode import InProcessEngine, Sampling
 from core.llama_model import tokenize_pieces
+from core.metrics import edit_similarity
 from core.models import ResolvedModel
 
 from .records import EvalItem
@@ -41,25 +42,6 @@ class EvalConfig:
     guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match
     guard_perplexity_rise: float = 0.10  # largest tolerated relative rise in held-out perplexity
     perplexity: bool = True
-
-
-def levenshtein(a: str, b: str) -> int:
-    # Hand-written: the standard library has no edit distance (difflib's ratio is a different measure).
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def edit_similarity(pred: str, target: str) -> float:
-    if not pred and not target:
-        return 1.0
-    return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
 
 
 def _comparable(item: EvalItem, prediction: str) -> tuple[str, str]:
