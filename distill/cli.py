@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
+
+PROGRESS_LOGGER = "strop.distill"
+
+
+def configure_logging() -> None:
+    """Progress messages (the `strop.distill` logger) as `strop distill: ...` lines on stderr;
+    other libraries' records at INFO and above as `LEVEL name: message`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("strop distill: %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
 
 
 def _duration_s(text: str) -> float:
@@ -42,10 +59,12 @@ def register(sub) -> None:
 def cmd_distill(args) -> int:
     from . import cycle
 
+    configure_logging()
     return cycle.main(args)
 
 
 def cmd_eval(args) -> int:
     from . import cycle
 
+    configure_logging()
     return cycle.eval_main(args)
