@@ -31,7 +31,6 @@ def _index(languages: Mapping[str, Mapping], key: str, fold=lambda s: s) -> Mapp
 
 
 _LANGUAGES, DEFAULT_LINE_COMMENT = _load()
-LANGUAGE_IDS = frozenset(_LANGUAGES)
 LANGUAGE_BY_EXTENSION = _index(_LANGUAGES, "extensions", str.lower)
 LANGUAGE_BY_NAME = _index(_LANGUAGES, "filenames")
 LANGUAGE_BY_INTERPRETER = _index(_LANGUAGES, "interpreters")

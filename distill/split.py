@@ -23,7 +23,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -497,7 +497,3 @@ def split_repo(repo_root: str | os.PathLike, cfg: SplitConfig = SplitConfig()) -
     if not split.eval_items and cfg.method == "auto":
         return _by_file(root, cfg, "no evaluable source lines were added after the cutoff")
     return split
-
-
-def eval_kinds(items: Iterable[EvalItem]) -> Mapping[str, int]:
-    return dict(Counter(it.kind for it in items))
