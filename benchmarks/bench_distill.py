@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["STROP_HOME"] = str(work / "home")
     os.environ.setdefault("TQDM_MININTERVAL", "10")
     from bench_train import compare_loops
+    from distill.cli import configure_logging
     from distill.cycle import Cycle, load_config
     from distill.records import EvalItem, Prompt, read_jsonl
     from core.registry import repo_key
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"prompt.budget_tokens={args.budget_tokens}",
                 "train.max_seq_tokens=768", "train.max_completion_tokens=128", *args.set]
     cfg = load_config(None, settings)
+    configure_logging()  # the cycle's progress, as `strop distill` prints it
     parts = set(args.parts.split(","))
     repo = work / "repo"
     result: dict = {}

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from core.languages import line_comment
+
 
 @dataclass(frozen=True)
 class FimFormat:
@@ -97,16 +99,6 @@ def as_snippets(raw: Sequence) -> tuple[Snippet, ...]:
                  for s in raw)
 
 
-_LINE_COMMENT = {
-    "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
-    "makefile": "#", "dockerfile": "#", "lua": "--", "sql": "--", "haskell": "--",
-}
-
-
-def _comment(language: str) -> str:
-    return _LINE_COMMENT.get(language, "//")
-
-
 def split_current_line(prefix: str) -> tuple[str, str]:
     """(text before the cursor's line, typed part of the cursor's line)."""
     cut = prefix.rfind("\n") + 1
@@ -138,7 +130,7 @@ def layout(
         if snippets or (fmt.repo_name and repo_name):
             pieces += [Special(fmt.file_sep), f"{path}\n"]
     else:
-        mark = _comment(language)
+        mark = line_comment(language)
         for snip in snippets:
             pieces.append(f"{mark} {snip.path}\n{snip.text}\n")
         if snippets:

@@ -34,7 +34,6 @@ class LoadedModel:
     add_bos: bool
     bos_id: int
     n_ctx: int
-    newline_id: int
     pieces: dict[int, bytes] = field(default_factory=dict)
 
     def tokenize(self, text: str) -> list[int]:
@@ -87,7 +86,7 @@ def _read_vocab(vocab_model, resolved: ResolvedModel, llm, n_ctx: int) -> Loaded
     return LoadedModel(
         llm=llm, vocab_model=vocab_model, resolved=resolved, fim=fmt, stop_ids=frozenset(stops),
         special_ids=table, add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
-        bos_id=llama_cpp.llama_vocab_bos(vocab), n_ctx=n_ctx, newline_id=llama_cpp.llama_vocab_nl(vocab),
+        bos_id=llama_cpp.llama_vocab_bos(vocab), n_ctx=n_ctx,
     )
 
 

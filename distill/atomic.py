@@ -84,6 +84,11 @@ def write_json_atomic(path: Path, obj: object) -> None:
         f.write("\n")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path, *, what: str) -> Iterator[Path]:
     """Yield a temporary directory beside `dest`; on success it replaces `dest` in one rename.

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
+
+PROGRESS_LOGGER = "strop.distill"
+
+
+def configure_logging() -> None:
+    """Progress messages (the `strop.distill` logger) as `strop distill: ...` lines on stderr;
+    other libraries' records at INFO and above as `LEVEL name: message`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("strop distill: %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
 
 
 def _duration_s(text: str) -> float:
@@ -26,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one cycle setting, e.g. --set sample.n_per_prompt=2")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="never learn from or evaluate on files matching GLOB (repeatable; e.g. 'generated/**')")
+                   help="never learn from or evaluate on files matching GLOB, a .gitignore line "
+                        "(repeatable; e.g. 'generated/', '*.pb.go', '!keep.py')")
     p.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("eval", help="evaluate a model on the repository's held-out code")
@@ -41,10 +59,12 @@ def register(sub) -> None:
 def cmd_distill(args) -> int:
     from . import cycle
 
+    configure_logging()
     return cycle.main(args)
 
 
 def cmd_eval(args) -> int:
     from . import cycle
 
+    configure_logging()
     return cycle.eval_main(args)

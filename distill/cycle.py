@@ -16,8 +16,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +41,8 @@ from .sample import Sample, SampleConfig, sample
 from .split import SplitConfig, TrainText, split_repo
 from .tokenize import TrainExample
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("strop.distill")  # progress: distill/cli.py prints it as "strop distill: ..."
 
-STAGES = ("split", "harvest", "sample", "train", "export", "evaluate", "register")
 ADAPTER_NAME = "adapter.gguf"
 
 
@@ -71,10 +70,6 @@ class CycleOutcome:
     version: str | None = None
     reasons: list[str] = field(default_factory=list)
     seconds_by_stage: dict = field(default_factory=dict)
-
-
-def _say(msg: str) -> None:
-    print(f"strop distill: {msg}", file=sys.stderr, flush=True)
 
 
 def repo_stamp(repo: Path) -> dict:
@@ -114,7 +109,7 @@ class Cycle:
         for d in sorted(self.root.glob("cycle-*"), reverse=True):
             state = self._state(d)
             if state.get("stage") not in ("register", "failed"):
-                _say(f"resuming {d.name} after stage {state.get('stage') or '(none)'}")
+                log.info(f"resuming {d.name} after stage {state.get('stage') or '(none)'}")
                 return d
             break
         d = self.root / time.strftime("cycle-%Y%m%dT%H%M%S")
@@ -142,168 +137,233 @@ class Cycle:
             unfinished = any(self._state(d).get("stage") not in ("register", "failed")
                              for d in sorted(self.root.glob("cycle-*"))[-1:])
             if not force and not unfinished and last.exists() and json.loads(last.read_text()) == stamp:
-                _say("nothing changed since the last cycle (repository and log): skipped; --force runs anyway")
+                log.info("nothing changed since the last cycle (repository and log): skipped; --force runs anyway")
                 return CycleOutcome(self.root, skipped=True)
             d = self._open_cycle()
             outcome = self._run_stages(d)
             write_json_atomic(last, stamp)
             return outcome
 
-    def _run_stages(self, d: Path) -> CycleOutcome:
-        cfg = self.cfg
-        outcome = CycleOutcome(d)
-        done = self._state(d).get("stage")
-        reached = STAGES.index(done) + 1 if done in STAGES else 0
-        serving = resolve(cfg.base_model, self.repo) if cfg.base_model else resolve(None, self.repo)
-        base_gguf = Path(serving.path)
-        timings = self._state(d).get("seconds", {})
-
-        def stage(name: str) -> bool:
-            return STAGES.index(name) >= reached
-
-        def timed(name: str, t0: float) -> None:
-            timings[name] = round(time.perf_counter() - t0, 2)
-            self._done(d, name, seconds=timings)
-
-        # 1+2. split and harvest (split is deterministic, so a resumed harvest recomputes it)
-        if stage("split") or stage("harvest"):
+    def _run_stages(self, d: Path, stages: tuple[Stage, ...] | None = None) -> CycleOutcome:
+        """Run `stages` (STAGES) from where cycle `d` stands; state.json records each one done."""
+        stages = STAGES if stages is None else stages
+        run = _Run(self, d)
+        state = self._state(d)
+        names = [s.name for s in stages]
+        start = names.index(state["stage"]) + 1 if state.get("stage") in names else 0
+        for i, stage in enumerate(stages[:start]):  # finished, but a file it left is gone: redo from it
+            if missing := run.missing(stage):
+                log.info(f"{missing[0]} of the finished {stage.name} stage is gone: redoing from {stage.name}")
+                start = i
+                break
+        if start < len(stages) and stages[start].resume_from:
+            start = names.index(stages[start].resume_from)
+        timings = state.get("seconds", {})
+        for stage in stages[start:]:
             t0 = time.perf_counter()
-            _say(f"splitting {self.repo} (held-out evaluation data first)")
-            split = split_repo(self.repo, cfg.split)
-            logged = _logged_contexts(self.repo)
-            # Accepted completions train as they are: held-out code they contain is not held out.
-            seen = TrainText(ctx.completion for ctx in logged)
-            val_all, test_all = split.validation(), split.test()
-            val, test = unseen(val_all, seen), unseen(test_all, seen)
-            stats = dict(split.stats, dropped_seen_in_log=len(val_all) + len(test_all) - len(val) - len(test))
-            val = val[: int(cfg.max_eval_items * split.validation_frac)]
-            test = test[: cfg.max_eval_items - len(val)]
-            write_jsonl(d / "validation.jsonl", val)
-            write_jsonl(d / "test.jsonl", test)
-            write_json_atomic(d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
-                                                 "validation": len(val), "test": len(test), "stats": stats})
-            _say(f"split: {split.method}, {len(val)} validation / {len(test)} test items")
-            timed("split", t0)
-            t0 = time.perf_counter()
-            prompts = harvest(self.repo, split.train_files, cfg.harvest, logged=logged)
-            prompts = _cap(prompts, cfg.max_prompts, cfg.harvest.seed)
-            write_jsonl(d / "prompts.jsonl", prompts)
-            _say(f"harvest: {len(prompts)} prompts {count_by_kind(prompts)}")
-            timed("harvest", t0)
-        if not (d / "test.jsonl").exists():
-            raise StropError(f"{d}: the split stage's files are missing; delete this cycle directory to restart.")
+            stage.run(run)
+            if missing := run.missing(stage):
+                raise RuntimeError(f"the {stage.name} stage finished without writing {', '.join(missing)}")
+            timings[stage.name] = round(time.perf_counter() - t0, 2)
+            self._done(d, stage.name, seconds=timings, **run.state)
+        run.outcome.seconds_by_stage = timings
+        return run.outcome
 
-        # 3. sample
-        if stage("sample"):
-            t0 = time.perf_counter()
-            prompts = read_jsonl(d / "prompts.jsonl", Prompt)
-            _say(f"sampling {len(prompts)} prompts × {cfg.sample.n_per_prompt} from {serving.version} "
-                 f"(T={cfg.sample.temperature}, top-k {cfg.sample.top_k}, top-p {cfg.sample.top_p})")
-            stats = sample(base_gguf, prompts, d / "samples.jsonl", cfg.sample, progress=self.progress,
-                           prompt=cfg.prompt, repo_name=self.repo.name)
-            write_json_atomic(d / "sample_stats.json", stats.as_dict())
-            _say(f"sample: kept {stats.kept}, dropped {dict(stats.dropped)}, {stats.tokens_per_s:.1f} tokens/s")
-            timed("sample", t0)
 
-        # 4. train
-        train_cfg = cfg.train
-        if stage("train"):
-            from .launch import run_train
-            from .train import TrainConfig
+# --- the stages -----------------------------------------------------------------------------------
 
-            train_cfg = train_cfg or TrainConfig()
-            t0 = time.perf_counter()
-            samples = read_jsonl(d / "samples.jsonl", Sample)
-            examples = training_examples(samples, read_jsonl(d / "prompts.jsonl", Prompt), self.repo.name)
-            _say(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
-                 f"completions from {base_gguf.name}")
-            result = run_train(base_gguf, examples, d / "train", train_cfg, progress=self.progress)
-            write_json_atomic(d / "train.json", result.to_json())
-            timed("train", t0)
 
-        # 5. export
-        cand_gguf = d / f"candidate-{cfg.quantization.lower()}.gguf"
-        if stage("export"):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class Stage:
+    """One step of a cycle. `run` reads earlier stages' files in the cycle directory and writes
+    `outputs` there (names relative to it; "{quantization}" is the cycle's, lower case)."""
 
-            from .export import export_gguf, roundtrip_check
-            from .quantize import quantize_gguf
+    name: str
+    run: Callable[["_Run"], None]
+    outputs: tuple[str, ...] = ()
+    resume_from: str | None = None  # a resume starts there: this stage needs what it keeps in memory
 
-            t0 = time.perf_counter()
-            merged = d / "train" / "merged"
-            model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32")
-            tok = AutoTokenizer.from_pretrained(merged)
-            f16 = d / "candidate-f16.gguf"
-            _say("exporting the merged model to GGUF")
-            export_gguf(model, tok, f16, dtype="f16", tokenizer_source_gguf=base_gguf,
-                        metadata={"strop.parent": serving.version, "strop.cycle": d.name, "strop.repo": self.key})
-            probes = [s.prefix[-400:] for s in read_jsonl(d / "samples.jsonl", Sample) if s.prefix.strip()][:4]
-            check = roundtrip_check(model, tok, f16, probes or ["def main():\n    return "])
-            write_json_atomic(d / "export.json", dataclasses.asdict(check))
-            if not check.passed:
-                raise StropError(f"the exported GGUF disagrees with the PyTorch model ({check}); not promoting.")
-            quantize_gguf(f16, cand_gguf, cfg.quantization)
-            f16.unlink(missing_ok=True)
-            if cfg.export_adapter:
-                from .export_adapter import export_adapter_gguf
 
-                export_adapter_gguf(d / "train" / "adapter", model.config, d / ADAPTER_NAME)
-            del model
-            timed("export", t0)
+class _Run:
+    """What the stages of one cycle share: its directory and settings, the model in service, the
+    outcome, extra state.json fields, and what the split hands the harvest in memory."""
 
-        # 6. evaluate
-        if stage("evaluate"):
-            t0 = time.perf_counter()
-            val = read_jsonl(d / "validation.jsonl", EvalItem)
-            test = read_jsonl(d / "test.jsonl", EvalItem)
-            base_t = float(serving.decoding.get("temperature", 0.0))
-            _say(f"evaluating on {len(test)} held-out items (T_eval tuned on {len(val)} validation items)")
-            verdict = compare(cand_gguf, base_gguf, val, test, cfg.eval, prompt=cfg.prompt, repo_name=self.repo.name,
-                              baseline_temperature=base_t,
-                              progress=self.progress)
-            write_report(verdict, d)
-            timed("evaluate", t0)
+    def __init__(self, cycle: Cycle, d: Path) -> None:
+        self.d, self.cfg, self.repo, self.key, self.registry = d, cycle.cfg, cycle.repo, cycle.key, cycle.registry
+        self.progress = cycle.progress
+        self.serving = resolve(cycle.cfg.base_model, cycle.repo)
+        self.base_gguf = Path(self.serving.path)
+        self.outcome = CycleOutcome(d)
+        self.state: dict = {}
+        self.split = None  # split_repo's result and the logged contexts it was made with
+        self.logged: list[LoggedContext] = []
+        self._retriever = None
 
-        # 7. register (and promote)
-        report = json.loads((d / "report.json").read_text())
-        split_meta = json.loads((d / "split.json").read_text())
-        sample_stats = json.loads((d / "sample_stats.json").read_text())
-        train_meta = json.loads((d / "train.json").read_text())
-        manifest = {
-            "name": f"{self.repo.name}-distilled",
-            "source": "distill",
-            "base": serving.name, "parent": serving.version, "cycle": d.name,
-            "data": {"split": split_meta, "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
-                     "samples": sample_stats},
-            "hyperparameters": {"sample": dataclasses.asdict(cfg.sample),
-                                "train": {k: v for k, v in train_meta.items() if k not in ("losses",)},
-                                "quantization": cfg.quantization},
-            "metrics": {"candidate": report["candidate"], "baseline": report["baseline"]},
-            "decoding": {"temperature": report["t_eval"], "top_k": cfg.eval.top_k, "top_p": cfg.eval.top_p},
-            "decision": {"promote": report["promote"], "reasons": report["reasons"]},
-        }
-        if (d / ADAPTER_NAME).exists():
-            manifest["adapter"] = {"file": ADAPTER_NAME, "applies_to": serving.version,
-                                   "usage": "llama.cpp --model <parent GGUF> --lora adapter.gguf"}
-        reports = [d / n for n in ("report.json", "report.txt", "report.png", ADAPTER_NAME) if (d / n).exists()]
-        entry = self.registry.add_version(self.key, cand_gguf, manifest, extra_files={p.name: p for p in reports})
-        outcome.version = entry.version
-        outcome.reasons = report["reasons"]
-        if report["promote"] and cfg.promote:
-            self.registry.promote(self.key, entry.version)
-            outcome.promoted = True
-            _say(f"promoted {entry.version}: " + "; ".join(report["reasons"]))
-        else:
-            _say(f"kept {serving.version} in service; {entry.version} registered, not promoted: "
+    def path(self, name: str) -> Path:
+        return self.d / name.format(quantization=self.cfg.quantization.lower())
+
+    @property
+    def candidate(self) -> Path:
+        return self.path(CANDIDATE)
+
+    def retriever(self):
+        """Repository retrieval for sampling and evaluation, over the split's training side only (no
+        held-out line can reach a prompt); None when `[prompt] retrieval_k = 0`."""
+        if self.cfg.prompt.retrieval_k <= 0:
+            return None
+        if self._retriever is None:
+            from core.repo_context import RetrievalSettings, Retriever, offline_index
+
+            split = self.split or split_repo(self.repo, self.cfg.split)  # deterministic: a resume redoes it
+            index = offline_index(self.repo, split.train_files, self.cfg.split.files.exclude_globs)
+            self._retriever = Retriever(lambda: index, RetrievalSettings(k=self.cfg.prompt.retrieval_k))
+        return self._retriever
+
+    def missing(self, stage: Stage) -> list[str]:
+        return [name for name in stage.outputs if not self.path(name).exists()]
+
+
+def _split(run: _Run) -> None:
+    cfg = run.cfg
+    log.info(f"splitting {run.repo} (held-out evaluation data first)")
+    split = run.split = split_repo(run.repo, cfg.split)
+    logged = run.logged = _logged_contexts(run.repo)
+    # Accepted completions train as they are: held-out code they contain is not held out.
+    seen = TrainText(ctx.completion for ctx in logged)
+    val_all, test_all = split.validation(), split.test()
+    val, test = unseen(val_all, seen), unseen(test_all, seen)
+    stats = dict(split.stats, dropped_seen_in_log=len(val_all) + len(test_all) - len(val) - len(test))
+    val = val[: int(cfg.max_eval_items * split.validation_frac)]
+    test = test[: cfg.max_eval_items - len(val)]
+    write_jsonl(run.d / "validation.jsonl", val)
+    write_jsonl(run.d / "test.jsonl", test)
+    write_json_atomic(run.d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
+                                             "validation": len(val), "test": len(test), "stats": stats})
+    log.info(f"split: {split.method}, {len(val)} validation / {len(test)} test items")
+
+
+def _harvest(run: _Run) -> None:
+    # The split's training files and the log it checked held-out items against: so the harvest
+    # resumes from the split (which is deterministic).
+    prompts = harvest(run.repo, run.split.train_files, run.cfg.harvest, logged=run.logged)
+    prompts = _cap(prompts, run.cfg.max_prompts, run.cfg.harvest.seed)
+    write_jsonl(run.d / "prompts.jsonl", prompts)
+    log.info(f"harvest: {len(prompts)} prompts {count_by_kind(prompts)}")
+
+
+def _sample(run: _Run) -> None:
+    cfg = run.cfg.sample
+    prompts = read_jsonl(run.d / "prompts.jsonl", Prompt)
+    log.info(f"sampling {len(prompts)} prompts × {cfg.n_per_prompt} from {run.serving.version} "
+             f"(T={cfg.temperature}, top-k {cfg.top_k}, top-p {cfg.top_p})")
+    stats = sample(run.base_gguf, prompts, run.d / "samples.jsonl", cfg, progress=run.progress,
+                   prompt=run.cfg.prompt, repo_name=run.repo.name, retriever=run.retriever())
+    write_json_atomic(run.d / "sample_stats.json", stats.as_dict())
+    log.info(f"sample: kept {stats.kept}, dropped {dict(stats.dropped)}, {stats.tokens_per_s:.1f} tokens/s")
+
+
+def _train(run: _Run) -> None:
+    from .launch import run_train
+    from .train import TrainConfig
+
+    samples = read_jsonl(run.d / "samples.jsonl", Sample)
+    examples = training_examples(samples, read_jsonl(run.d / "prompts.jsonl", Prompt), run.repo.name)
+    log.info(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
+             f"completions from {run.base_gguf.name}")
+    result = run_train(run.base_gguf, examples, run.d / "train", run.cfg.train or TrainConfig(), progress=run.progress)
+    write_json_atomic(run.d / "train.json", result.to_json())
+
+
+def _export(run: _Run) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .export import export_gguf, roundtrip_check
+    from .quantize import quantize_gguf
+
+    d, cfg = run.d, run.cfg
+    merged = d / "train" / "merged"
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32")
+    tok = AutoTokenizer.from_pretrained(merged)
+    f16 = d / "candidate-f16.gguf"
+    log.info("exporting the merged model to GGUF")
+    export_gguf(model, tok, f16, dtype="f16", tokenizer_source_gguf=run.base_gguf,
+                metadata={"strop.parent": run.serving.version, "strop.cycle": d.name, "strop.repo": run.key})
+    probes = [s.prefix[-400:] for s in read_jsonl(d / "samples.jsonl", Sample) if s.prefix.strip()][:4]
+    check = roundtrip_check(model, tok, f16, probes or ["def main():\n    return "])
+    write_json_atomic(d / "export.json", dataclasses.asdict(check))
+    if not check.passed:
+        raise StropError(f"the exported GGUF disagrees with the PyTorch model ({check}); not promoting.")
+    quantize_gguf(f16, run.candidate, cfg.quantization)
+    f16.unlink(missing_ok=True)
+    if cfg.export_adapter:
+        from .export_adapter import export_adapter_gguf
+
+        export_adapter_gguf(d / "train" / "adapter", model.config, d / ADAPTER_NAME)
+
+
+def _evaluate(run: _Run) -> None:
+    val = read_jsonl(run.d / "validation.jsonl", EvalItem)
+    test = read_jsonl(run.d / "test.jsonl", EvalItem)
+    base_t = float(run.serving.decoding.get("temperature", 0.0))
+    log.info(f"evaluating on {len(test)} held-out items (T_eval tuned on {len(val)} validation items)")
+    verdict = compare(run.candidate, run.base_gguf, val, test, run.cfg.eval, prompt=run.cfg.prompt,
+                      repo_name=run.repo.name, retriever=run.retriever(), baseline_temperature=base_t,
+                      progress=run.progress)
+    write_report(verdict, run.d)
+
+
+def _register(run: _Run) -> None:
+    """A new registry version with its lineage, data, settings and report; promoted if the gate says so."""
+    d, cfg, serving = run.d, run.cfg, run.serving
+
+    def read(name: str) -> dict:
+        return json.loads((d / name).read_text())
+
+    report, train_meta = read("report.json"), read("train.json")
+    manifest = {
+        "name": f"{run.repo.name}-distilled",
+        "source": "distill",
+        "base": serving.name, "parent": serving.version, "cycle": d.name,
+        "data": {"split": read("split.json"), "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
+                 "samples": read("sample_stats.json")},
+        "hyperparameters": {"sample": dataclasses.asdict(cfg.sample),
+                            "train": {k: v for k, v in train_meta.items() if k not in ("losses",)},
+                            "quantization": cfg.quantization},
+        "metrics": {"candidate": report["candidate"], "baseline": report["baseline"]},
+        "decoding": {"temperature": report["t_eval"], "top_k": cfg.eval.top_k, "top_p": cfg.eval.top_p},
+        "decision": {"promote": report["promote"], "reasons": report["reasons"]},
+    }
+    if (d / ADAPTER_NAME).exists():
+        manifest["adapter"] = {"file": ADAPTER_NAME, "applies_to": serving.version,
+                               "usage": "llama.cpp --model <parent GGUF> --lora adapter.gguf"}
+    reports = [d / n for n in ("report.json", "report.txt", "report.png", ADAPTER_NAME) if (d / n).exists()]
+    entry = run.registry.add_version(run.key, run.candidate, manifest, extra_files={p.name: p for p in reports})
+    outcome = run.outcome
+    outcome.version, outcome.reasons = entry.version, report["reasons"]
+    if report["promote"] and cfg.promote:
+        run.registry.promote(run.key, entry.version)
+        outcome.promoted = True
+        log.info(f"promoted {entry.version}: " + "; ".join(report["reasons"]))
+    else:
+        log.info(f"kept {serving.version} in service; {entry.version} registered, not promoted: "
                  + "; ".join(report["reasons"]))
-        cand_gguf.unlink(missing_ok=True)  # the registry holds its copies
-        (d / ADAPTER_NAME).unlink(missing_ok=True)
-        timings["register"] = 0.0
-        self._done(d, "register", seconds=timings, version=entry.version, promoted=outcome.promoted)
-        outcome.seconds_by_stage = timings
-        return outcome
+    run.candidate.unlink(missing_ok=True)  # the registry holds its copies
+    (d / ADAPTER_NAME).unlink(missing_ok=True)
+    run.state.update(version=entry.version, promoted=outcome.promoted)
 
 
+CANDIDATE = "candidate-{quantization}.gguf"
+# The cycle, in order. `outputs` are what later stages read: a finished stage whose outputs are gone
+# is run again on resume. The export's files go when the register stage has copied them.
+STAGES: tuple[Stage, ...] = (
+    Stage("split", _split, ("validation.jsonl", "test.jsonl", "split.json")),
+    Stage("harvest", _harvest, ("prompts.jsonl",), resume_from="split"),
+    Stage("sample", _sample, ("samples.jsonl", "sample_stats.json")),
+    Stage("train", _train, ("train.json", "train/merged", "train/adapter")),
+    Stage("export", _export, (CANDIDATE, "export.json")),
+    Stage("evaluate", _evaluate, ("report.json", "report.txt", "report.png")),
+    Stage("register", _register),
+)
 def unseen(items: list[EvalItem], seen: TrainText) -> list[EvalItem]:
     """The evaluation items whose target is not in `seen` (text that training learns verbatim)."""
     return [it for it in items if it.target not in seen]
@@ -381,23 +441,22 @@ def main(args) -> int:
 
 
 def _main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.set, args.exclude)
     repo = args.repo.resolve()
     if not repo.is_dir():
         raise StropError(f"--repo {args.repo}: not a directory")
     cycle = Cycle(repo, cfg)
     if args.every:
-        _say(f"running a cycle every {args.every:.0f}s; Ctrl-C stops between cycles")
+        log.info(f"running a cycle every {args.every:.0f}s; Ctrl-C stops between cycles")
         while True:
             try:
                 cycle.run(force=args.force)
             except StropError as err:  # one failed cycle must not end the schedule
-                _say(f"cycle failed: {err}")
+                log.error(f"cycle failed: {err}")
             time.sleep(args.every)
     outcome = cycle.run(force=args.force)
     if not outcome.skipped:
-        _say(f"cycle done in {sum(outcome.seconds_by_stage.values()):.0f}s: {outcome.seconds_by_stage}")
+        log.info(f"cycle done in {sum(outcome.seconds_by_stage.values()):.0f}s: {outcome.seconds_by_stage}")
     return 0
 
 

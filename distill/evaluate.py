@@ -9,7 +9,6 @@ regresses (see `gate`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -20,8 +19,10 @@ from core import context as ctxmod
 from core.completion import CompletionPath, PromptSettings, position_of
 from core.decode import InProcessEngine, Sampling
 from core.llama_model import tokenize_pieces
+from core.metrics import edit_similarity
 from core.models import ResolvedModel
 
+from .atomic import atomic_output, write_json_atomic, write_text_atomic
 from .records import EvalItem
 from .sample import seed_for
 
@@ -40,25 +41,6 @@ class EvalConfig:
     guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match
     guard_perplexity_rise: float = 0.10  # largest tolerated relative rise in held-out perplexity
     perplexity: bool = True
-
-
-def levenshtein(a: str, b: str) -> int:
-    # Hand-written: the standard library has no edit distance (difflib's ratio is a different measure).
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def edit_similarity(pred: str, target: str) -> float:
-    if not pred and not target:
-        return 1.0
-    return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
 
 
 def _comparable(item: EvalItem, prediction: str) -> tuple[str, str]:
@@ -247,7 +229,7 @@ def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = asdict(verdict)
-    (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+    write_json_atomic(out_dir / "report.json", data)
     c, b = verdict.candidate, verdict.baseline
     lines = [
         f"decision: {'PROMOTE' if verdict.promote else 'keep the model in service'}",
@@ -264,7 +246,7 @@ def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
         f"{'perplexity':28}{_f(c['perplexity']):>12}{_f(b['perplexity']):>12}",
         "validation edit similarity by T_eval: " + ", ".join(f"{k}: {v:.4f}" for k, v in verdict.t_eval_curve.items()),
     ]
-    (out_dir / "report.txt").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "report.txt", "\n".join(lines) + "\n")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     names = ["exact match", "edit sim.", "EM greedy", "ES greedy"]
     cv = [c["exact_match"], c["edit_similarity"], verdict.candidate_greedy["exact_match"],
@@ -285,7 +267,8 @@ def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
     ax2.set_ylabel("validation edit similarity")
     ax2.set_title("candidate T_eval tuning")
     fig.tight_layout()
-    fig.savefig(out_dir / "report.png", dpi=100)
+    with atomic_output(out_dir / "report.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return [out_dir / "report.json", out_dir / "report.txt", out_dir / "report.png"]
 

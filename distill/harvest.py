@@ -1,9 +1,7 @@
 """Harvest: choose the places in a repository where the model will be sampled for self-distillation.
 
-Which files: the repository's tracked files (`git ls-files`; a plain directory is walked), minus
-secret files (never opened, see scrub.is_secret_file), vendored directories, lock files, files over
-the size limit, binary, generated and minified files, and the user's exclude globs. Every text that
-leaves this module has been through scrub.redact; newlines are normalised to "\\n".
+Which files: distill/source_files.py (the same choice split.py makes). Every text that leaves this
+module has been through scrub.redact.
 
 Where to cut (offsets into a file's text; prefix + reference + suffix == the text for FIM kinds):
 - fim_line: a whole line after its indentation (the cursor sits where the editor auto-indents);
@@ -22,243 +20,21 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
-from pathlib import Path, PurePosixPath
+from functools import cached_property
 
+from core.languages import language_of
 from distill.records import LoggedContext, Prompt
-from distill.scrub import REDACTED, is_secret_file, redact
-from core import git, repo_files
-from core.errors import StropError
+from distill.scrub import REDACTED, redact
+from distill.source_files import (
+    FileFilter,
+    decode_source,
+    load_source_files,
+    skip_reason_for_path,
+    skip_reason_for_text,
+)
 
 DEFAULT_MAX_PREFIX_CHARS = 6000
 DEFAULT_MAX_SUFFIX_CHARS = 2000
-
-# --- which files ----------------------------------------------------------------------------------
-
-# LSP language ids (https://microsoft.github.io/language-server-protocol/specification#textDocumentItem)
-LANGUAGE_BY_EXTENSION: Mapping[str, str] = {
-    ".py": "python", ".pyi": "python", ".pyw": "python",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascriptreact",
-    ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "typescriptreact",
-    ".go": "go", ".rs": "rust", ".java": "java", ".kt": "kotlin", ".kts": "kotlin", ".scala": "scala",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
-    ".hxx": "cpp", ".m": "objective-c", ".mm": "objective-cpp", ".cs": "csharp", ".fs": "fsharp",
-    ".swift": "swift", ".dart": "dart", ".lua": "lua", ".rb": "ruby", ".php": "php", ".pl": "perl",
-    ".pm": "perl", ".r": "r", ".jl": "julia", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang",
-    ".hs": "haskell", ".ml": "ocaml", ".mli": "ocaml", ".clj": "clojure", ".zig": "zig", ".nim": "nim",
-    ".sh": "shellscript", ".bash": "shellscript", ".zsh": "shellscript", ".fish": "fish",
-    ".ps1": "powershell", ".bat": "bat", ".sql": "sql", ".vim": "vim",
-    ".html": "html", ".htm": "html", ".css": "css", ".scss": "scss", ".less": "less",
-    ".vue": "vue", ".svelte": "svelte", ".xml": "xml", ".json": "json", ".jsonc": "jsonc",
-    ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".ini": "ini", ".cfg": "ini",
-    ".md": "markdown", ".rst": "restructuredtext", ".tex": "latex", ".proto": "proto3",
-    ".tf": "terraform", ".cmake": "cmake",
-}
-LANGUAGE_BY_NAME: Mapping[str, str] = {
-    "Makefile": "makefile", "makefile": "makefile", "GNUmakefile": "makefile",
-    "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake", "Rakefile": "ruby", "Gemfile": "ruby",
-}
-
-# Directories of other people's code, environments and caches, skipped at any depth.
-VENDORED_DIRS = frozenset({
-    "vendor", "vendors", "_vendor", "vendored", "third_party", "third-party", "thirdparty",
-    "external", "node_modules", "bower_components", "jspm_packages", ".venv", "venv", "site-packages",
-    "dist-packages", "__pycache__", ".git", ".hg", ".svn", ".tox", ".nox", ".eggs", ".mypy_cache",
-    ".pytest_cache", ".ruff_cache", ".next", ".nuxt", ".gradle", "Pods", "Carthage", "htmlcov",
-})
-# Build output, skipped only at the top level: deeper down these names are often real packages
-# (pip/_internal/operations/build/).
-BUILD_OUTPUT_DIRS = frozenset({"dist", "build", "out", "target"})
-LOCK_FILES = frozenset({
-    "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock",
-    "pipfile.lock", "uv.lock", "pdm.lock", "cargo.lock", "gemfile.lock", "composer.lock", "go.sum",
-    "flake.lock", "mix.lock", "pubspec.lock", "podfile.lock", "packages.lock.json", "bun.lockb",
-    "gradle.lockfile", "conda-lock.yml",
-})
-
-
-@dataclass(frozen=True)
-class FileFilter:
-    """Which repository files strop learns from (shared by harvest and split)."""
-
-    max_file_bytes: int = 256_000
-    exclude_globs: tuple[str, ...] = ()  # on the relative path; `**` spans directories; a pattern
-    # without "/" also matches the file name alone (as in .gitignore)
-    max_line_chars: int = 2000  # a longer line marks the file as minified
-    max_avg_line_chars: float = 160.0  # so does a longer average
-    languages: tuple[str, ...] | None = None  # LSP language ids to keep; None keeps every known
-    # language except prose and data (PROSE_AND_DATA), where completions matter little and
-    # exact match says little
-
-
-PROSE_AND_DATA = frozenset({"markdown", "restructuredtext", "latex", "json", "jsonc", "xml"})
-LANGUAGE_BY_INTERPRETER: Mapping[str, str] = {
-    "python": "python", "sh": "shellscript", "bash": "shellscript",
-    "zsh": "shellscript", "dash": "shellscript", "ksh": "shellscript", "node": "javascript",
-    "ruby": "ruby", "perl": "perl", "lua": "lua", "php": "php", "fish": "fish",
-}
-_SHEBANG = re.compile(r"#!\s*(?:/usr/bin/env\s+(?:-S\s+)?)?(?:\S*/)?([A-Za-z]+)")
-
-
-def language_of(path: str, text: str | None = None) -> str | None:
-    """The LSP language id of a file, or None when strop does not know the file type.
-
-    Decided by the file name or extension; an extensionless file (bin/ scripts) by its shebang
-    line when `text` is given.
-    """
-    pure = PurePosixPath(path)
-    if pure.name in LANGUAGE_BY_NAME:
-        return LANGUAGE_BY_NAME[pure.name]
-    if pure.suffix:
-        return LANGUAGE_BY_EXTENSION.get(pure.suffix.lower())
-    if text is not None and (m := _SHEBANG.match(text)):
-        return LANGUAGE_BY_INTERPRETER.get(m.group(1))  # python3.11 → "python"
-    return None
-
-
-def _language_reason(language: str | None, files: FileFilter) -> str | None:
-    if language is None:
-        return "unknown_language"
-    if files.languages is None and language in PROSE_AND_DATA:
-        return "prose_or_data"
-    if files.languages is not None and language not in files.languages:
-        return "language_not_selected"
-    return None
-
-
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern:
-    # Hand-rolled: fnmatch's `*` crosses "/" and has no `**`; PurePath.full_match needs Python 3.13.
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            close = pattern.find("]", i + 2)
-            if close < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = pattern[i + 1: close]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = close + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
-def matches_glob(path: str, pattern: str) -> bool:
-    """Does a relative posix path match an exclude glob? `dir/` excludes everything under dir."""
-    pattern = pattern.strip().lstrip("/")
-    if pattern.endswith("/"):
-        pattern += "**"
-    rx = _glob_regex(pattern)
-    if rx.fullmatch(path):
-        return True
-    if "/" not in pattern:  # a bare pattern matches the name, or a directory name, anywhere
-        return any(rx.fullmatch(part) for part in PurePosixPath(path).parts)
-    return False
-
-
-def skip_reason_for_path(path: str, files: FileFilter) -> str | None:
-    """Why a file is not learnt from, judged on its path alone (before anything reads it)."""
-    if is_secret_file(path):
-        return "secret_file"
-    parts = PurePosixPath(path).parts
-    if any(part in VENDORED_DIRS for part in parts[:-1]) or (len(parts) > 1 and parts[0] in BUILD_OUTPUT_DIRS):
-        return "vendored"
-    name = parts[-1].lower()
-    if name in LOCK_FILES or name.endswith(".lock"):
-        return "lock_file"
-    if any(matches_glob(path, g) for g in files.exclude_globs):
-        return "excluded"
-    if not PurePosixPath(path).suffix and PurePosixPath(path).name not in LANGUAGE_BY_NAME:
-        return None  # an extensionless file: its shebang decides, once read (skip_reason_for_text)
-    return _language_reason(language_of(path), files)
-
-
-def skip_reason_for_text(path: str, text: str, files: FileFilter) -> str | None:
-    """Why a decoded file is not learnt from, now that its first line is known."""
-    return _language_reason(language_of(path, text), files)
-
-
-def decode_source(data: bytes, files: FileFilter) -> tuple[str | None, str | None]:
-    """(text, None) for a file to learn from, else (None, why not). Newlines become "\\n"."""
-    return repo_files.decode_source(data, max_file_bytes=files.max_file_bytes,
-                                    max_line_chars=files.max_line_chars,
-                                    max_avg_line_chars=files.max_avg_line_chars)
-
-
-def _walk(root: Path) -> list[str]:
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        top = Path(dirpath) == root
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in VENDORED_DIRS and not (top and d in BUILD_OUTPUT_DIRS))
-        rel_dir = Path(dirpath).relative_to(root)
-        paths.extend((rel_dir / f).as_posix() for f in filenames)
-    return paths
-
-
-@dataclass(frozen=True)
-class SourceFiles:
-    texts: dict[str, str]  # relative path → redacted text
-    skipped: dict[str, str]  # relative path → reason
-    redactions: int  # secrets replaced across texts
-
-
-def load_source_files(repo_root: str | os.PathLike, cfg: "FileFilter | HarvestConfig" = FileFilter()) -> SourceFiles:
-    """Read the files strop learns from. Secret files are judged on the path and never opened."""
-    files = cfg.files if isinstance(cfg, HarvestConfig) else cfg
-    root = Path(repo_root)
-    if not root.is_dir():
-        raise StropError(
-            f"repository {root} is not a directory; pass the root of the project to learn from."
-        )
-    listed = git.ls_files(root)
-    paths = sorted(set(listed if listed is not None else _walk(root)))
-    texts: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    redactions = 0
-    for path in paths:
-        reason = skip_reason_for_path(path, files)
-        full = root / path
-        if reason is None and (full.is_symlink() or not full.is_file()):
-            reason = "not_a_regular_file"  # symlinks may point outside the repository (~/.ssh)
-        if reason is None and full.stat().st_size > files.max_file_bytes:
-            reason = "too_large"
-        if reason is None:
-            text, reason = decode_source(full.read_bytes(), files)
-        if reason is None:
-            reason = skip_reason_for_text(path, text, files)
-        if reason is not None:
-            skipped[path] = reason
-            continue
-        texts[path], count = redact(text)
-        redactions += count
-    return SourceFiles(texts, skipped, redactions)
-
-
-def list_source_files(repo_root: str | os.PathLike, cfg: "FileFilter | HarvestConfig" = FileFilter()) -> list[str]:
-    """Sorted relative paths of the files strop learns from (see load_source_files)."""
-    return sorted(load_source_files(repo_root, cfg).texts)
-
-
-# --- where to cut ---------------------------------------------------------------------------------
 
 
 def stable_hash(*parts: object) -> int:
@@ -497,7 +273,7 @@ def harvest(
     applies and every text is redacted. Logged contexts follow the repository's prompts.
     """
     if files is None:
-        texts = load_source_files(repo_root, cfg).texts
+        texts = load_source_files(repo_root, cfg.files).texts
     else:
         texts = {}
         for path, text in files.items():

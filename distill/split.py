@@ -23,30 +23,32 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from distill.atomic import write_json_atomic
+from core import git
+from core.errors import StropError
+from core.languages import language_of
 from distill.harvest import (
     DEFAULT_MAX_PREFIX_CHARS,
     DEFAULT_MAX_SUFFIX_CHARS,
-    FileFilter,
     Lines,
-    decode_source,
-    language_of,
-    load_source_files,
     record_id,
-    skip_reason_for_path,
-    skip_reason_for_text,
     stable_hash,
     trim_prefix,
     trim_suffix,
 )
 from distill.records import EvalItem, read_jsonl, write_jsonl
 from distill.scrub import REDACTED, Redaction, apply_redactions, find_secrets, redact
-from core import git
-from core.errors import StropError
+from distill.source_files import (
+    FileFilter,
+    decode_source,
+    load_source_files,
+    skip_reason_for_path,
+    skip_reason_for_text,
+)
 
 # --- test files -----------------------------------------------------------------------------------
 
@@ -495,7 +497,3 @@ def split_repo(repo_root: str | os.PathLike, cfg: SplitConfig = SplitConfig()) -
     if not split.eval_items and cfg.method == "auto":
         return _by_file(root, cfg, "no evaluable source lines were added after the cutoff")
     return split
-
-
-def eval_kinds(items: Iterable[EvalItem]) -> Mapping[str, int]:
-    return dict(Counter(it.kind for it in items))

@@ -76,7 +76,7 @@ def cmd_complete(args) -> int:
     from .config import ServeConfig
     from .documents import is_secret_document
     from .engine import Engine
-    from .lsp import LANGUAGE_BY_EXT
+    from core.languages import language_of
     from core.git import toplevel as git_root
     from core.models import resolve
 
@@ -102,9 +102,21 @@ def cmd_complete(args) -> int:
     resolved = resolve(args.model, repo)
     engine.load(resolved)
     clog = None if args.no_log else open_log()
-    completer = Completer(engine, cfg, clog, repo=str(repo or ""), repo_name=repo.name if repo else "")
+    retriever = None
+    if repo is not None and cfg.retrieval_k > 0:  # the repository index, as `strop serve` keeps it
+        from core.repo_context import RetrievalSettings, Retriever
+        from core.retrieval import RepoIndex, store_dir_for
+
+        try:
+            index = RepoIndex.build(repo, store_dir=store_dir_for(repo))
+        except StropError as err:
+            logging.getLogger(__name__).warning("no repository retrieval: %s", err)
+        else:
+            retriever = Retriever(lambda: index, RetrievalSettings(k=cfg.retrieval_k))
+    completer = Completer(engine, cfg, clog, repo=str(repo or ""), repo_name=repo.name if repo else "",
+                          retriever=retriever)
     rel = str(path.relative_to(repo)) if repo and path.is_relative_to(repo) else path.name
-    req = Request(uri=path.as_uri(), path=rel, language=LANGUAGE_BY_EXT.get(path.suffix, "plaintext"),
+    req = Request(uri=path.as_uri(), path=rel, language=language_of(rel, text) or "plaintext",
                   text=text, offset=offset, trigger="cli")
     try:
         result = asyncio.run(completer.complete(req))

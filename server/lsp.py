@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -30,6 +29,7 @@ from .hot_swap import watch_registry
 from .index_service import IndexService
 from core.errors import BadRequest, StropError
 from core.git import toplevel as git_root
+from core.languages import language_of
 from core.models import ResolvedModel, resolve
 from core.repo_context import RetrievalSettings, Retriever
 from core.retrieval import store_dir_for
@@ -39,13 +39,6 @@ from .rpc import StropProtocol
 
 log = logging.getLogger(__name__)
 
-LANGUAGE_BY_EXT = {
-    ".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact",
-    ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
-    ".cs": "csharp", ".rb": "ruby", ".php": "php", ".lua": "lua", ".sh": "shellscript", ".kt": "kotlin",
-    ".swift": "swift", ".scala": "scala", ".sql": "sql", ".md": "markdown", ".json": "json", ".yaml": "yaml",
-    ".yml": "yaml", ".toml": "toml", ".html": "html", ".css": "css",
-}
 MAX_OTHER_DOCS = 3
 
 
@@ -230,10 +223,9 @@ class StropServer(LanguageServer):
                 pass
         return path.name
 
-    def language(self, uri: str, given: str | None) -> str:
-        if given:
-            return given
-        return LANGUAGE_BY_EXT.get(os.path.splitext(urlparse(uri).path)[1].lower(), "plaintext")
+    def language(self, uri: str, given: str | None, text: str | None = None) -> str:
+        """The client's language id, else the one harvest gives the file (name, suffix, shebang)."""
+        return given or language_of(unquote(urlparse(uri).path), text) or "plaintext"
 
     def note_change(self, uri: str, new: str) -> None:
         old = self.shadow.get(uri)
@@ -282,7 +274,7 @@ def _request_from(ls: StropServer, uri: str, position: t.Position, trigger: str)
     position = doc.clamp(position)  # LSP: a character past the end of the line means the end of the line
     offset = doc.offset_at_position(position)
     others = ls.others(uri)
-    return Request(uri=uri, path=ls.relpath(uri), language=ls.language(uri, doc.language_id), text=text,
+    return Request(uri=uri, path=ls.relpath(uri), language=ls.language(uri, doc.language_id, text), text=text,
                    offset=offset, others=others, trigger=trigger), position
 
 

@@ -26,4 +26,3 @@ STATUS_CHANGED = "strop/statusChanged"
 # workspace/executeCommand commands.
 CMD_ACCEPT = "strop.accept"  # arguments: [{"id": str}]; item.command of every completion
 CMD_TOGGLE = "strop.toggle"  # arguments: [] or [{"enabled": bool}] → {"enabled": bool}
-COMMANDS = [CMD_ACCEPT, CMD_TOGGLE]

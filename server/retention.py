@@ -68,15 +68,6 @@ class RetentionTracker:
                 t.start = min(t.start, start)
                 t.end = max(t.end + delta, start + new_len)
 
-    def on_full_change(self, uri: str, old: str, new: str) -> None:
-        """A whole-document replacement: follow regions through the diff of old and new."""
-        matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-        for t in self._tracked.values():
-            if t.uri != uri:
-                continue
-            t.changes += 1
-            t.start, t.end = _map(matcher, t.start, True), _map(matcher, t.end, False)
-
     def due(self, uri: str | None = None, *, saved: bool = False, closing: bool = False) -> list[Tracked]:
         now = time.monotonic()
         out = []
@@ -96,10 +87,3 @@ class RetentionTracker:
 
     def pending(self) -> list[Tracked]:
         return list(self._tracked.values())
-
-
-def _map(matcher: difflib.SequenceMatcher, pos: int, left: bool) -> int:
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if i1 <= pos <= i2 and (tag == "equal" or not left or pos < i2):
-            return j1 + (pos - i1 if tag == "equal" else (0 if left else j2 - j1))
-    return len(matcher.b)

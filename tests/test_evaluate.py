@@ -1,13 +1,15 @@
 import pytest
 
-from distill.evaluate import EvalConfig, Scores, _comparable, edit_similarity, gate, levenshtein, pick_temperature
+from core.metrics import edit_similarity
+from distill.evaluate import EvalConfig, Scores, _comparable, gate, pick_temperature
 from distill.records import EvalItem
 
 
 @pytest.mark.parametrize("a, b, d", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("kitten", "sitting", 3),
-                                     ("", "xyz", 3), ("return a + b", "return a - b", 1)])
-def test_levenshtein(a, b, d):
-    assert levenshtein(a, b) == d == levenshtein(b, a)
+                                     ("", "xyz", 3), ("return a + b", "return a - b", 1), ("ab", "ba", 2)])
+def test_edit_similarity_is_one_minus_levenshtein_over_the_longer_length(a, b, d):
+    expected = 1.0 if not a and not b else 1.0 - d / max(len(a), len(b))
+    assert edit_similarity(a, b) == expected == edit_similarity(b, a)
 
 
 def test_edit_similarity_bounds():

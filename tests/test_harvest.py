@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from distill.harvest import (
+from core.languages import language_of
+from distill.harvest import HarvestConfig, Lines, harvest
+from distill.source_files import (
     FileFilter,
-    HarvestConfig,
-    Lines,
     decode_source,
-    harvest,
-    language_of,
+    excluded,
     list_source_files,
     load_source_files,
-    matches_glob,
     skip_reason_for_path,
 )
 from distill.records import EvalItem, LoggedContext, Prompt, append_jsonl, read_jsonl, write_jsonl
@@ -120,9 +118,25 @@ def test_exclude_globs(fixture_repo):
     ("test_x.py", "**/test_*.py", True),
     ("a/b.py", "a/[bc].py", True),
     ("a/d.py", "a/[!d].py", False),
+    ("top.py", "/top.py", True),
+    ("sub/top.py", "/top.py", False),  # a leading "/" anchors at the root
+    # gitignore semantics the hand-made glob regex got wrong:
+    ("src/build/x.py", "build/", True),  # a trailing "/" is a directory at any depth
+    ("a/b/gen/x.py", "**/gen/*.py", True),
+    ("gen/x.py", "**/gen/*.py", True),
+    ("gen.py", "gen/", False),  # ... and only a directory
 ])
-def test_matches_glob(path, pattern, expected):
-    assert matches_glob(path, pattern) is expected
+def test_exclude_glob(path, pattern, expected):
+    assert excluded(path, (pattern,)) is expected
+
+
+def test_exclude_globs_read_as_one_gitignore():
+    globs = ("tests/**", "!tests/test_keep.py", "*.pb.go", "# a comment", "")
+    assert not excluded("tests/test_keep.py", globs)  # a later "!" line re-includes
+    assert excluded("tests/test_other.py", globs)
+    assert excluded("api/v1/x.pb.go", globs)
+    assert not excluded("# a comment", globs)
+    assert not excluded("src/a.py", ())
 
 
 @pytest.mark.parametrize("path, reason", [
@@ -140,7 +154,8 @@ def test_skip_reason_for_path(path, reason):
 def test_language_filter_and_size_limit(fixture_repo):
     only_js = FileFilter(languages=("typescript", "javascript"))
     assert list_source_files(fixture_repo, only_js) == ["web/app.js", "web/format.ts"]
-    assert list_source_files(fixture_repo, HarvestConfig(files=only_js)) == ["web/app.js", "web/format.ts"]
+    prompts = harvest(fixture_repo, None, HarvestConfig(files=only_js))  # harvest's own reading filters too
+    assert prompts and {p.path for p in prompts} <= {"web/app.js", "web/format.ts"}
     small = load_source_files(fixture_repo, FileFilter(max_file_bytes=600))
     assert small.skipped["src/tally/core.py"] == "too_large"
     assert all(len(t.encode()) <= 600 for t in small.texts.values())

@@ -8,7 +8,7 @@ import pytest
 
 from core import git as core_git
 
-from distill.harvest import FileFilter, decode_source, list_source_files
+from distill.source_files import FileFilter, decode_source, list_source_files
 from distill.scrub import redact
 from distill.split import Split, SplitConfig, choose_cutoff, first_parent_history, is_test_path, split_repo
 from core.errors import StropError

@@ -7,10 +7,7 @@ import math
 import statistics
 import tokenize
 
-try:
-    from rapidfuzz.distance import Levenshtein
-except ImportError as err:  # a benchmark dependency, not strop's: pyproject does not list it
-    raise SystemExit("benchmarks/bench_latency.py needs rapidfuzz: pip install rapidfuzz") from err
+from core.metrics import edit_similarity
 
 WHOLE_STOPS = ("eog", "newline", "block")  # generation ended where the model or the scope said
 CUT_STOPS = ("time", "max_tokens")
@@ -29,9 +26,8 @@ def exact(pred: str, truth: str) -> float:
 
 
 def similarity(pred: str, truth: str) -> float:
-    """Edit similarity, 1 − Levenshtein distance / the longer length (as distill/evaluate.py)."""
-    pred, truth = pred.rstrip(), truth.rstrip()
-    return 1.0 if not pred and not truth else Levenshtein.normalized_similarity(pred, truth)
+    """Edit similarity (core.metrics, as distill/evaluate.py) of the two without trailing whitespace."""
+    return edit_similarity(pred.rstrip(), truth.rstrip())
 
 
 def whole_by_stop(stop_reason: str | None, rules: str | None, multiline: bool | None) -> bool | None:
