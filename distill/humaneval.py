@@ -176,6 +176,9 @@ def first_line(text: str) -> str:
 
 class _Generator:
     def __init__(self, model_path: Path, cfg: GuardConfig) -> None:
+        if cfg.mode not in (None, "fim", "prefix"):
+            raise HumanEvalError(f"unknown guard mode {cfg.mode!r}: use 'fim', 'prefix' or None (FIM when the "
+                                 "model has FIM tokens)")
         self.engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or os.cpu_count() or 1, n_gpu_layers=-1)
         self.engine.load(ResolvedModel(model_path, model_path.stem, model_path.stem, "flag"))
         self.model = self.engine.model
@@ -184,9 +187,6 @@ class _Generator:
         if mode == "fim" and self.model.fim is None:
             self.engine.close()
             raise HumanEvalError(f"{model_path.name} has no FIM tokens: run the guard with mode='prefix'")
-        if mode not in ("fim", "prefix"):
-            self.engine.close()
-            raise HumanEvalError(f"unknown guard mode {mode!r}: use 'fim' or 'prefix'")
         self.mode = mode
 
     def middle(self, task: Task) -> str:
@@ -201,8 +201,9 @@ class _Generator:
 
 
 def _cache_path(sha: str, mode: str | None, tasks: Sequence[Task], cfg: GuardConfig) -> Path:
+    settings = {k: v for k, v in asdict(cfg).items() if k != "n_threads"}  # threads do not change the answer
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "tasks": [t.task_id for t in tasks], "mode": mode,
-                                   "cfg": asdict(cfg)}, sort_keys=True).encode()).hexdigest()[:16]
+                                   "cfg": settings}, sort_keys=True).encode()).hexdigest()[:16]
     return strop_home() / "guards" / "humaneval" / f"{sha[:32]}-{h}.json"
 
 
