@@ -52,6 +52,7 @@ class ServeConfig:
     engine_fallback: str = "local"  # local: the local model serves while the remote is down | none
     engine_connect_timeout_ms: int = 2000
     engine_first_token_ms: int = 5000  # from sending the request to its first token
+    engine_lora: str | None = None  # llama-server: "ID[:SCALE],..."; OpenAI server: the adapter's model name
 
     def configured(self) -> "ServeConfig":
         """These settings after `$STROP_HOME/config.toml` ([prompt], then [serve]) and `STROP_<KEY>`

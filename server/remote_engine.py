@@ -36,6 +36,7 @@ from core.llama_model import LoadedModel, PieceTokenCache, load_vocab, tokenize_
 from core.models import ResolvedModel
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 CONNECT_PROBE_TIMEOUT_S = 30.0
 
@@ -116,7 +117,9 @@ class RemoteEngine:
         async def shutdown() -> None:
             for task, _ in list(self._tasks.values()):
                 task.cancel()
+            await asyncio.sleep(0)  # let cancelled streams close their connections
             await self._client.aclose()
+            await self._loop.shutdown_asyncgens()
 
         try:
             self._call(shutdown()).result(5)
