@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from .engine import Engine
-from .remote_engine import RemoteEngine
+from .remote_engine import PromptNotExact, RemoteEngine
 from core.decode import Job
 from core.errors import ModelLoadError, RemoteEngineError
 from core.fim import Piece
@@ -151,7 +151,8 @@ class FallbackEngine:
             try:
                 _resolve(out, fut.result())
             except RemoteEngineError as err:
-                self._remote_down(err)
+                if not isinstance(err, PromptNotExact):  # that one prompt only: the server is fine
+                    self._remote_down(err)
                 threading.Thread(target=self._submit_local, args=(job, out), daemon=True,
                                  name="strop-fallback").start()  # not on the remote's event loop
             except Exception as err:

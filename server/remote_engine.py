@@ -41,6 +41,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at
 CONNECT_PROBE_TIMEOUT_S = 30.0
 
 
+class PromptNotExact(RemoteEngineError):
+    """This one prompt cannot be sent exactly to a text-only server (the server itself is fine)."""
+
+
 class RemoteEngine:
     def __init__(self, url: str, *, n_ctx: int, slots: int = 4, connect_timeout_ms: int = 2000,
                  first_token_ms: int = 5000, lora: str | None = None) -> None:
@@ -230,7 +234,7 @@ class RemoteEngine:
             text_prompt = proto.prompt_text(vocab, tokens)
             if text_prompt is None:
                 self.text_prompt_misses += 1
-                raise RemoteEngineError(f"the remote engine at {self.url} takes text prompts, and this prompt "
+                raise PromptNotExact(f"the remote engine at {self.url} takes text prompts, and this prompt "
                                         "does not survive a round trip through text (it spells a control token).")
         path, body = proto.request(info, vocab, job, tokens, slot=slot, text=text_prompt)
         reused_guess = common_prefix(self._sent.get(slot, ()), tokens)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from core.decode import Job
-from core.errors import RemoteEngineError
+from core.errors import RemoteEngineError, RemoteModelMismatch
 from core.models import resolve
 from server.engine import Engine
 from server.remote_engine import RemoteEngine
@@ -38,14 +38,19 @@ def _free_port() -> int:
 class ModelServer:
     """`python -m llama_cpp.server` as a subprocess; its output is kept for assertions."""
 
-    def __init__(self, model: Path, log: Path) -> None:
-        self.port = _free_port()
+    def __init__(self, model: Path, log: Path, *, threads: int = 1, port: int | None = None, wait: bool = True) -> None:
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1"],
+             "--port", str(self.port), "--n_ctx", "4096", "--n_threads", str(threads),
+             "--n_threads_batch", str(threads)],
             stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
@@ -154,6 +159,19 @@ def test_unreachable_server_is_a_clear_error(resolved):
         engine.close()
 
 
+def test_a_server_with_another_model_is_refused_and_said_so(model_server, tiny_fim_model):
+    other = resolve(tiny_fim_model.gguf_q8, None)  # strop's local model differs from the served SmolLM2
+    engine = RemoteEngine(model_server.url, n_ctx=2048)
+    try:
+        with pytest.raises(RemoteModelMismatch, match="tokenizer differs from the local model model-q8_0.gguf"):
+            engine.load(other)
+        assert engine.info is None
+        with pytest.raises(RemoteEngineError, match="not connected"):
+            engine.submit(Job(key="k", pieces=(), tokens=[1, 2], max_tokens=4, single_line=True)).result(5)
+    finally:
+        engine.close()
+
+
 def test_a_bad_url_is_a_clear_error():
     with pytest.raises(RemoteEngineError, match="unknown server kind 'grpc'"):
         RemoteEngine("grpc+http://127.0.0.1:1", n_ctx=512)
@@ -226,13 +244,8 @@ async def test_remote_back_after_restart_is_used_again(smollm_gguf, tmp_path):
         assert not (await inline(client, uri, 5, 4)).items  # no fallback: no suggestion, no hang
         st = await status(client)
         assert _engine(st)["active"] == "none" and st["workerPid"] is None
-        again = ModelServer.__new__(ModelServer)  # the same port, as a restarted server would have
-        port = srv.port
-        again.port, again.url, again.log_path = port, srv.url, tmp_path / "server2.log"
-        again.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"],
-            stdout=again.log_path.open("wb"), stderr=subprocess.STDOUT)
+        # Restarted on the same port; strop's background probe finds it (no request needed).
+        again = ModelServer(smollm_gguf, tmp_path / "server2.log", port=srv.port, wait=False)
         try:
             await until_status(client, lambda s: _engine(s)["active"] == "remote", timeout_s=120)
             assert (await inline(client, uri, 5, 3)).items
