@@ -35,7 +35,7 @@ from benchmarks.latency.positions import checkout, plan  # noqa: E402
 from core import context as ctxmod  # noqa: E402
 from core.decode import Sampling  # noqa: E402
 from core.models import embedded_default, resolve  # noqa: E402
-from server.completer import clean_generation, make_job  # noqa: E402
+from core.completion import clean_generation, make_job  # noqa: E402
 from server.config import ServeConfig  # noqa: E402
 from server.engine import Engine  # noqa: E402
 from server.remote_engine import RemoteEngine  # noqa: E402
