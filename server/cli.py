@@ -233,11 +233,12 @@ def _add_doctor(sub) -> None:
 
 def cmd_doctor(args) -> int:
     from . import doctor
+    from .config import ServeConfig
     from core.git import toplevel as git_root
 
     logging.basicConfig(level=logging.ERROR)
     repo = (args.repo.resolve() if args.repo else None) or git_root(Path.cwd())
-    checks = doctor.run(args.model, repo, engine_url=args.engine or os.environ.get("STROP_ENGINE_URL"))
+    checks = doctor.run(args.model, repo, engine_url=args.engine or ServeConfig().configured().engine_url)
     print(doctor.as_json(checks) if args.json else doctor.render(checks))
     return 1 if any(c.status == "fail" for c in checks) else 0
 
