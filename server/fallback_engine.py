@@ -47,12 +47,13 @@ class FallbackEngine:
         self._resolved: ResolvedModel | None = None
         self._stopped = threading.Event()
         self._retrying = False
-        self._local_loading: threading.Thread | None = None
+        self._settled = threading.Event()  # the first connection attempt is over (either way)
 
     # --- what the Completer and the LSP read --------------------------------------------------
     @property
     def model(self):
-        return self.remote.model
+        """The vocabulary, once the first connection attempt has settled which engine serves."""
+        return self.remote.model if self._settled.is_set() else None
 
     @property
     def load_error(self) -> str | None:
@@ -100,9 +101,11 @@ class FallbackEngine:
         try:
             self.remote.connect()
         except RemoteEngineError as err:
+            self._settled.set()
             self._remote_down(err)
             return
         self.use_remote = True
+        self._settled.set()
         self._on_state("idle", None)
 
     def load_async(self, resolved: ResolvedModel, done: Callable[[bool, str | None], None] | None = None) -> None:
@@ -123,7 +126,7 @@ class FallbackEngine:
         threading.Thread(target=work, name="strop-remote-load", daemon=True).start()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self.remote.model is not None
+        return self._settled.wait(timeout)
 
     def close(self) -> None:
         self._stopped.set()

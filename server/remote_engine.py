@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
 import httpx
@@ -93,8 +94,13 @@ class RemoteEngine:
 
     def connect(self) -> proto.ServerInfo:
         """Probe the server: its kind, model and tokenizer. Raises RemoteEngineError."""
-        info = self._call(proto.probe(self._client, self.url, self.model, forced=self.kind_forced,
-                                      lora=self.lora)).result(CONNECT_PROBE_TIMEOUT_S)
+        pending = self._call(proto.probe(self._client, self.url, self.model, forced=self.kind_forced, lora=self.lora))
+        try:
+            info = pending.result(CONNECT_PROBE_TIMEOUT_S)
+        except FutureTimeout:
+            pending.cancel()
+            raise RemoteEngineError(f"the remote engine at {self.url} did not finish answering strop's probe in "
+                                    f"{CONNECT_PROBE_TIMEOUT_S:.0f} s: it is overloaded or not an inference server.") from None
         if info.tokenizer != "matches":
             log.warning("the remote engine at %s has no tokenize endpoint: strop cannot check that it serves "
                         "%s (it says %r)", self.url, self.model.resolved.path, info.model)

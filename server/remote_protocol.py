@@ -113,10 +113,10 @@ async def probe(client: httpx.AsyncClient, url: str, vocab: LoadedModel, *, forc
                                     f"{props.status_code if props is not None else 'nothing'}.")
         else:
             info = await _probe_openai(client, url, vocab, latency, lora)
+        remote = await _remote_tokens(client, info)
     except httpx.HTTPError as err:
         raise unreachable(url, err) from err
     local = vocab.tokenize(PROBE_TEXT)
-    remote = await _remote_tokens(client, info)
     if remote is not None:
         if remote and vocab.add_bos and remote[0] == vocab.bos_id and local[:1] != [vocab.bos_id]:
             remote = remote[1:]
@@ -169,7 +169,10 @@ async def _remote_tokens(client, info: ServerInfo) -> list[int] | None:
         calls = [("/tokenize", {"model": info.model, "prompt": PROBE_TEXT, "add_special_tokens": False}),
                  ("/extras/tokenize", {"input": PROBE_TEXT, "model": info.model})]
     for path, body in calls:
-        resp = await client.post(f"{info.url}{path}", json=body)
+        try:
+            resp = await client.post(f"{info.url}{path}", json=body)
+        except httpx.TransportError:  # a kept-alive connection the server closed meanwhile: once more
+            resp = await client.post(f"{info.url}{path}", json=body)
         data = _json(resp) if resp.status_code == 200 else None
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
             return [t["id"] if isinstance(t, dict) else int(t) for t in data["tokens"]]
