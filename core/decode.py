@@ -102,6 +102,34 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def fit_context(model: LoadedModel, tokens: list[int], n_ctx: int, max_tokens: int) -> list[int]:
+    """The prompt cut from the left so that it and `max_tokens` fit in `n_ctx` (a BOS is kept)."""
+    room = n_ctx - max_tokens - 1
+    if len(tokens) > room:
+        keep_bos = model.add_bos and tokens and tokens[0] == model.bos_id
+        tokens = tokens[:1] + tokens[len(tokens) - room + 1:] if keep_bos else tokens[-room:]
+    return tokens
+
+
+def stop_rule(job: Job, text: str, newline: bool, n_tokens: int, since_first_ms: float) -> str | None:
+    """After each generated token: the stop reason when generation ends with it, else None. `text`
+    is everything generated (needed only when the token brought a newline). Every engine, local or
+    remote, stops on these rules."""
+    if newline:
+        if job.single_line:
+            return "newline"
+        if job.block_head is not None and postprocess.generation_done(text, job.block_head):
+            return "block"
+        if (job.predict_soft_ms is not None and since_first_ms >= job.predict_soft_ms
+                and postprocess.statement_complete(text[: text.rfind("\n")], job.block_head or "")):
+            return "soft_time"
+    if n_tokens >= job.max_tokens:
+        return "max_tokens"
+    if job.predict_hard_ms is not None and since_first_ms >= job.predict_hard_ms:
+        return "time"
+    return None
+
+
 class _HealTable:
     """Which tokens are consistent with a text still to be produced (token healing)."""
 
@@ -199,11 +227,7 @@ class Decoder:
 
     # --- the job --------------------------------------------------------------------------------
     def fit(self, tokens: list[int], max_tokens: int) -> list[int]:
-        room = self.n_ctx - max_tokens - 1
-        if len(tokens) > room:
-            keep_bos = self.model.add_bos and tokens and tokens[0] == self.model.bos_id
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1:] if keep_bos else tokens[-room:]
-        return tokens
+        return fit_context(self.model, tokens, self.n_ctx, max_tokens)
 
     def run(self, job: Job, abort: Callable[[], bool] = lambda: False) -> Generation | None:
         """One job; None when the prompt is empty or the job was aborted."""
@@ -293,21 +317,8 @@ class Decoder:
             out.append(tok)
             piece = model.piece(tok)
             raw += piece
-            since = (now - t_first) * 1000
-            if b"\n" in raw[max(len(heal), len(raw) - len(piece)):]:
-                done = text()
-                if job.single_line:
-                    return "newline"
-                if job.block_head is not None and postprocess.generation_done(done, job.block_head):
-                    return "block"
-                if (job.predict_soft_ms is not None and since >= job.predict_soft_ms
-                        and postprocess.statement_complete(done[: done.rfind("\n")], job.block_head or "")):
-                    return "soft_time"
-            if len(out) >= job.max_tokens:
-                return "max_tokens"
-            if job.predict_hard_ms is not None and since >= job.predict_hard_ms:
-                return "time"
-            return None
+            newline = b"\n" in raw[max(len(heal), len(raw) - len(piece)):]
+            return stop_rule(job, text() if newline else "", newline, len(out), (now - t_first) * 1000)
 
         history = list(prompt)
         index: dict[tuple[int, ...], int] = {}

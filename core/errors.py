@@ -25,3 +25,11 @@ class DiskFull(StropError):
 
 class OfflineError(StropError):
     pass
+
+
+class RemoteEngineError(StropError):
+    """The remote inference server (`--engine URL`) is down, too slow, or answered with an error."""
+
+
+class RemoteModelMismatch(RemoteEngineError):
+    """The remote server serves another model than the local vocabulary strop tokenizes with."""

@@ -25,7 +25,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--repo", type=Path, help="repository root (default: from the editor's workspace)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", type=Path, help="also write the server log here")
+    _add_engine_flag(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _add_engine_flag(p) -> None:
+    p.add_argument("--engine", metavar="URL", help="complete on a remote inference server (llama-server or an "
+                   "OpenAI-compatible /v1/completions; default: STROP_ENGINE_URL, else the local model)")
 
 
 def cmd_serve(args) -> int:
@@ -46,6 +52,8 @@ def cmd_serve(args) -> int:
         raise StropError(f"--model {args.model}: no such file. Pass the path of a .gguf model file.")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
     cfg = ServeConfig(repo_root=args.repo.resolve() if args.repo else None).configured()
+    if args.engine:
+        cfg = replace(cfg, engine_url=args.engine)
     server = build_server(cfg, explicit_model=args.model)
     # The LSP stream gets its own descriptor, and fd 1 becomes a copy of stderr: llama-cpp-python
     # points fd 1 at /dev/null while it loads a model (verbose=False), which would swallow any LSP
@@ -67,6 +75,7 @@ def _add_complete(sub) -> None:
     p.add_argument("--repo", type=Path)
     p.add_argument("--json", action="store_true", help="print a JSON object with timings")
     p.add_argument("--no-log", action="store_true", help="do not record this completion in the log")
+    _add_engine_flag(p)
     p.set_defaults(func=cmd_complete)
 
 
@@ -75,7 +84,7 @@ def cmd_complete(args) -> int:
     from core.completion_log import open_log
     from .config import ServeConfig
     from .documents import is_secret_document
-    from .engine import Engine
+    from .engine_factory import make_engine
     from core.languages import language_of
     from core.git import toplevel as git_root
     from core.models import resolve
@@ -98,7 +107,9 @@ def cmd_complete(args) -> int:
     repo = (args.repo.resolve() if args.repo else None) or git_root(path.parent)
     # One cold completion: the whole context, not the interactive prompt budget.
     cfg = replace(ServeConfig(repo_root=repo).configured(), prompt_budget_ms=0)
-    engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, slots=1)
+    if args.engine:
+        cfg = replace(cfg, engine_url=args.engine)
+    engine = make_engine(cfg, slots=1)
     resolved = resolve(args.model, repo)
     engine.load(resolved)
     clog = None if args.no_log else open_log()
@@ -228,16 +239,18 @@ def _add_doctor(sub) -> None:
     p.add_argument("--model", type=Path)
     p.add_argument("--repo", type=Path)
     p.add_argument("--json", action="store_true")
+    _add_engine_flag(p)
     p.set_defaults(func=cmd_doctor)
 
 
 def cmd_doctor(args) -> int:
     from . import doctor
+    from .config import ServeConfig
     from core.git import toplevel as git_root
 
     logging.basicConfig(level=logging.ERROR)
     repo = (args.repo.resolve() if args.repo else None) or git_root(Path.cwd())
-    checks = doctor.run(args.model, repo)
+    checks = doctor.run(args.model, repo, engine_url=args.engine or ServeConfig().configured().engine_url)
     print(doctor.as_json(checks) if args.json else doctor.render(checks))
     return 1 if any(c.status == "fail" for c in checks) else 0
 

@@ -47,6 +47,12 @@ class ServeConfig:
     registry_poll_s: float = 5.0
     max_message_bytes: int = 64 * 2**20  # a larger LSP message is skipped and answered with an error
     repo_root: Path | None = None
+    # Remote inference (server/remote_engine.py): a llama-server or OpenAI-compatible base URL.
+    engine_url: str | None = None
+    engine_fallback: str = "local"  # local: the local model serves while the remote is down | none
+    engine_connect_timeout_ms: int = 2000
+    engine_first_token_ms: int = 5000  # from sending the request to its first token
+    engine_lora: str | None = None  # llama-server: "ID[:SCALE],..."; OpenAI server: the adapter's model name
 
     def configured(self) -> "ServeConfig":
         """These settings after `$STROP_HOME/config.toml` ([prompt], then [serve]) and `STROP_<KEY>`

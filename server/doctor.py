@@ -129,12 +129,35 @@ def _home(checks: list[Check]) -> None:
         checks.append(Check("log", "fail", str(err)))
 
 
-def run(explicit: Path | None = None, repo: Path | None = None, n_threads: int | None = None) -> list[Check]:
+def _remote(checks: list[Check], url: str, resolved) -> None:
+    from .remote_engine import RemoteEngine
+
+    engine = None
+    try:
+        engine = RemoteEngine(url, n_ctx=512, slots=1)
+        engine.load(resolved)
+        info = engine.info
+        checks.append(Check("remote engine", "ok" if info.tokenizer == "matches" else "warn",
+                            f"{info.url}: {info.kind}, model {info.model}, prompt as {info.prompt_form}, "
+                            f"{info.latency_ms:.0f} ms round trip, tokenizer {info.tokenizer}",
+                            "" if info.tokenizer == "matches" else
+                            "the server has no tokenize endpoint: make sure it serves the local model"))
+    except StropError as err:
+        checks.append(Check("remote engine", "fail", str(err)))
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def run(explicit: Path | None = None, repo: Path | None = None, n_threads: int | None = None,
+        engine_url: str | None = None) -> list[Check]:
     checks: list[Check] = []
     _build(checks)
     resolved = _model(checks, explicit, repo)
     if resolved is not None:
         _canary(checks, resolved, n_threads or max(1, min(8, os.cpu_count() or 1)))
+        if engine_url:
+            _remote(checks, engine_url, resolved)
     _home(checks)
     return checks
 

@@ -25,6 +25,7 @@ from .config import ServeConfig
 from core.context import OtherDocument
 from .documents import is_secret_document, uri_path
 from .engine import Engine
+from .engine_factory import make_engine
 from .hot_swap import watch_registry
 from .index_service import IndexService
 from core.errors import BadRequest, StropError
@@ -78,8 +79,7 @@ class StropServer(LanguageServer):
     def __init__(self, cfg: ServeConfig) -> None:
         super().__init__("strop", __version__, protocol_cls=StropProtocol)
         self.cfg = cfg
-        self.engine = Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-                             slots=cfg.warm_slots, on_state=self._engine_state)
+        self.engine: Engine = make_engine(cfg, slots=cfg.warm_slots, on_state=self._engine_state)
         self._told_crash = False
         self.completion_log: CompletionLog | None = None
         self.completer: Completer | None = None

@@ -51,7 +51,8 @@ def table() -> str:
             if f.name in skip:
                 continue
             default = "cores (≤ 8)" if (name, f.name) == ("serve", "n_threads") else _default(getattr(obj, f.name))
-            lines.append(f"| [{name}] | `{f.name}` | {types[f.name]} | {default} |")
+            kind = types[f.name].replace(" | None", ", optional").replace("|", "or")
+            lines.append(f"| [{name}] | `{f.name}` | {kind} | {default} |")
     return "\n".join([*lines, "", END])
 
 
