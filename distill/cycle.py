@@ -336,7 +336,7 @@ def _register(run: _Run) -> None:
     if (d / ADAPTER_NAME).exists():
         manifest["adapter"] = {"file": ADAPTER_NAME, "applies_to": serving.version,
                                "usage": "llama.cpp --model <parent GGUF> --lora adapter.gguf"}
-    reports = [d / n for n in ("report.json", "report.txt", "report.png", ADAPTER_NAME) if (d / n).exists()]
+    reports = [d / n for n in ("report.json", "report.txt", "report.png", "gate.png", ADAPTER_NAME) if (d / n).exists()]
     entry = run.registry.add_version(run.key, run.candidate, manifest, extra_files={p.name: p for p in reports})
     outcome = run.outcome
     outcome.version, outcome.reasons = entry.version, report["reasons"]

@@ -37,8 +37,14 @@ class EvalConfig:
     time_cap_ms: int = 10_000
     n_ctx: int = 4096  # the [prompt] budget plus the completion
     seed: int = 1234
-    margin: float = 0.005  # candidate edit similarity must exceed the baseline's by this much
-    guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match
+    margin: float = 0.005  # T_eval: a higher temperature must beat a lower one by this much on validation
+    # The gate (distill/gate.py): paired bootstrap over the test items; the lower end of the 95 %
+    # interval of the edit-similarity gain must exceed min_es_gain.
+    min_items: int = 200  # paired test items the gate wants (all the repository has, when fewer)
+    min_es_gain: float = 0.0
+    guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match (and no significant loss)
+    humaneval_tasks: int = 100  # HumanEval single-line infilling guard: tasks (0: off); pass@1 may fall ≤ 1 point
+    humaneval_max_drop: float = 1.0
     guard_perplexity_rise: float = 0.10  # largest tolerated relative rise in held-out perplexity
     perplexity: bool = True
 
@@ -58,6 +64,7 @@ class Scores:
     perplexity: float | None = None
     by_kind: dict = field(default_factory=dict)
     seconds: float = 0.0
+    per_item: list = field(default_factory=list)  # [{id, exact_match, edit_similarity}] for the paired gate
 
 
 class Evaluator:
@@ -125,12 +132,14 @@ class Evaluator:
         em = es = 0.0
         nll = ntok = 0
         kinds: dict[str, list[float]] = {}
+        per_item = []
         for item in tqdm(items, desc=f"eval {self.path.name} T={temperature}", disable=not progress,
                          dynamic_ncols=True):
             pred, target = _comparable(item, self.predict(item, temperature))
             hit, sim = float(pred == target), edit_similarity(pred, target)
             em += hit
             es += sim
+            per_item.append({"id": item.id, "exact_match": hit, "edit_similarity": sim})
             k = kinds.setdefault(item.kind, [0, 0.0, 0.0])
             k[0] += 1
             k[1] += hit
@@ -144,7 +153,7 @@ class Evaluator:
             n=len(items), exact_match=em / n, edit_similarity=es / n,
             perplexity=math.exp(nll / ntok) if perplexity and ntok else None,
             by_kind={k: {"n": v[0], "exact_match": v[1] / v[0], "edit_similarity": v[2] / v[0]} for k, v in kinds.items()},
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0, per_item=per_item)
 
     def tune_temperature(self, validation: list[EvalItem], progress: bool = False) -> tuple[float, dict]:
         """T_eval on the validation slice (see `pick_temperature`), and the whole curve."""
@@ -176,26 +185,33 @@ class Verdict:
     t_eval_curve: dict
     baseline_t: float
     config: dict
+    gate: dict = field(default_factory=dict)  # distill.gate.Decision: gains with their 95 % intervals, guards
 
 
-def gate(cand: Scores, base: Scores, cfg: EvalConfig) -> tuple[bool, list[str]]:
-    reasons = []
-    ok = True
-    gain = cand.edit_similarity - base.edit_similarity
-    if gain < cfg.margin:
-        ok = False
-        reasons.append(f"edit similarity {cand.edit_similarity:.4f} vs {base.edit_similarity:.4f}: "
-                       f"gain {gain:+.4f} is below the margin {cfg.margin}")
-    else:
-        reasons.append(f"edit similarity gain {gain:+.4f} ≥ margin {cfg.margin}")
-    if cand.exact_match < base.exact_match - cfg.guard_exact_match_drop:
-        ok = False
-        reasons.append(f"guard: exact match fell {base.exact_match:.4f} → {cand.exact_match:.4f}")
-    if cand.perplexity is not None and base.perplexity is not None \
-            and cand.perplexity > base.perplexity * (1 + cfg.guard_perplexity_rise):
-        ok = False
-        reasons.append(f"guard: held-out perplexity rose {base.perplexity:.3f} → {cand.perplexity:.3f}")
-    return ok, reasons
+def gate(cand: Scores, base: Scores, cfg: EvalConfig, *, guards=(), available_items: int | None = None):
+    """The promotion decision (distill.gate.decide) on the paired per-item test scores, with the
+    held-out perplexity as one more guard."""
+    from .gate import GuardCheck, decide
+
+    checks = list(guards)
+    if cand.perplexity is not None and base.perplexity is not None:
+        rose = cand.perplexity > base.perplexity * (1 + cfg.guard_perplexity_rise)
+        checks.append(GuardCheck("held-out perplexity", not rose,
+                                 f"{base.perplexity:.3f} → {cand.perplexity:.3f} (may rise ≤ {cfg.guard_perplexity_rise:.0%})",
+                                 base.perplexity, cand.perplexity))
+    return decide(base.per_item, cand.per_item, min_items=cfg.min_items, available_items=available_items,
+                  guards=checks, max_em_drop=cfg.guard_exact_match_drop, min_es_gain=cfg.min_es_gain)
+
+
+def humaneval_guard(candidate: Path, baseline: Path, cfg: EvalConfig, progress: bool = False):
+    """The HumanEval single-line infilling guard (distill/humaneval.py), or None when switched off."""
+    if cfg.humaneval_tasks <= 0:
+        return None
+    from .humaneval import guard_holds, load_tasks, run_guard, select_tasks
+
+    tasks = select_tasks(load_tasks(), cfg.humaneval_tasks)
+    return guard_holds(run_guard(baseline, tasks=tasks, progress=progress),
+                       run_guard(candidate, tasks=tasks, progress=progress), max_drop_points=cfg.humaneval_max_drop)
 
 
 def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: list[EvalItem],
@@ -215,9 +231,11 @@ def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: l
         base_greedy = base if baseline_temperature == 0.0 else eb.score(test, 0.0, progress=progress)
     finally:
         eb.close()
-    ok, reasons = gate(cand, base, cfg)
-    return Verdict(ok, reasons, asdict(cand), asdict(base), asdict(cand_greedy), asdict(base_greedy), t_eval,
-                   {str(k): v for k, v in curve.items()}, baseline_temperature, asdict(cfg))
+    guard = humaneval_guard(candidate, baseline, cfg, progress=progress)
+    decision = gate(cand, base, cfg, guards=[guard] if guard else [], available_items=len(test))
+    return Verdict(decision.promote, decision.reasons, asdict(cand), asdict(base), asdict(cand_greedy),
+                   asdict(base_greedy), t_eval, {str(k): v for k, v in curve.items()}, baseline_temperature,
+                   asdict(cfg), decision.to_json())
 
 
 def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
@@ -270,7 +288,15 @@ def write_report(verdict: Verdict, out_dir: Path) -> list[Path]:
     with atomic_output(out_dir / "report.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    return [out_dir / "report.json", out_dir / "report.txt", out_dir / "report.png"]
+    written = [out_dir / "report.json", out_dir / "report.txt", out_dir / "report.png"]
+    if c.get("per_item") and b.get("per_item"):  # the gate's bootstrap distributions, with their intervals
+        from .gate import decide, gate_plot
+
+        cfg = verdict.config
+        again = decide(b["per_item"], c["per_item"], min_items=cfg["min_items"], available_items=c["n"],
+                       max_em_drop=cfg["guard_exact_match_drop"], min_es_gain=cfg["min_es_gain"])
+        written.append(gate_plot(again, out_dir / "gate.png"))
+    return written
 
 
 def _f(v) -> str:

@@ -139,7 +139,7 @@ def bootstrap_mean(diff: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESA
 
 def decide(base_scores, cand_scores, *, min_items: int = 200, available_items: int | None = None,
            guards: Sequence[GuardCheck] = (), max_em_drop: float = 0.02, seed: int = 0,
-           n_resamples: int = N_RESAMPLES) -> Decision:
+           n_resamples: int = N_RESAMPLES, min_es_gain: float = 0.0) -> Decision:
     """Promote the candidate or not (rules in the module docstring).
 
     `available_items` is how many held-out items the repository could give: when it is below
@@ -148,8 +148,9 @@ def decide(base_scores, cand_scores, *, min_items: int = 200, available_items: i
     n = len(ids)
     reasons: list[str] = []
     promote = True
-    need = min_items if available_items is None else max(min(min_items, available_items), MIN_ITEMS_FLOOR)
-    if n < MIN_ITEMS_FLOOR:
+    floor = min(MIN_ITEMS_FLOOR, min_items)  # a lower min_items (a test of the mechanism) lowers the floor too
+    need = min_items if available_items is None else max(min(min_items, available_items), floor)
+    if n < floor:
         promote = False
         reasons.append(f"only {n} paired items: the gate needs at least {MIN_ITEMS_FLOOR} to estimate noise")
     elif n < need:
@@ -164,7 +165,7 @@ def decide(base_scores, cand_scores, *, min_items: int = 200, available_items: i
     em_gain, em_ci, em_boot = bootstrap_mean(diff[:, 0], seed=seed, n_resamples=n_resamples)
     es_gain, es_ci, es_boot = bootstrap_mean(diff[:, 1], seed=seed + 1, n_resamples=n_resamples)
     pct = f"{CONFIDENCE:.0%}"
-    if es_ci[0] > 0:
+    if es_ci[0] > min_es_gain:
         reasons.append(f"edit similarity gain {es_gain:+.4f}, {pct} CI [{es_ci[0]:+.4f}, {es_ci[1]:+.4f}] above 0")
     else:
         promote = False

@@ -29,6 +29,7 @@ SETTINGS = [
     # The gate's decision on 16 items of a tiny model is noise; these tests check the mechanism, so
     # the margin admits any candidate that is not broken (guards still apply).
     "eval.margin=-1.0", "eval.guard_exact_match_drop=1.0", "eval.guard_perplexity_rise=100.0",
+    "eval.min_items=1", "eval.min_es_gain=-1.0", "eval.humaneval_tasks=0",
 ]
 
 

@@ -26,16 +26,25 @@ def test_line_items_compare_first_line_block_items_whole():
     assert _comparable(block, "    a = 1\n    return a\n") == ("a = 1\n    return a", "a = 1\n    return a")
 
 
-@pytest.mark.parametrize("cand, base, promote, why", [
-    (Scores(10, 0.5, 0.80, 3.0), Scores(10, 0.5, 0.70, 3.0), True, "gain"),
-    (Scores(10, 0.5, 0.701, 3.0), Scores(10, 0.5, 0.70, 3.0), False, "below the margin"),
-    (Scores(10, 0.3, 0.80, 3.0), Scores(10, 0.5, 0.70, 3.0), False, "exact match fell"),
-    (Scores(10, 0.5, 0.80, 4.0), Scores(10, 0.5, 0.70, 3.0), False, "perplexity rose"),
+def _scores(es: list[float], em: list[float], ppl: float = 3.0) -> Scores:
+    items = [{"id": f"i{k}", "exact_match": m, "edit_similarity": e} for k, (e, m) in enumerate(zip(es, em))]
+    return Scores(len(items), sum(em) / len(em), sum(es) / len(es), ppl, per_item=items)
+
+
+BASE_ES = [0.3 + 0.4 * ((k * 37) % 100) / 100 for k in range(200)]  # spread like real per-item scores
+BASE_EM = [float(k % 5 == 0) for k in range(200)]
+
+
+@pytest.mark.parametrize("cand, promote, why", [
+    (_scores([e + 0.1 for e in BASE_ES], BASE_EM), True, "above 0"),
+    (_scores(BASE_ES, BASE_EM), False, "not distinguishable from noise"),  # equal to the base: never
+    (_scores([e + 0.1 for e in BASE_ES], [0.0] * 200), False, "exact match is significantly worse"),
+    (_scores([e + 0.1 for e in BASE_ES], BASE_EM, ppl=4.0), False, "guard held-out perplexity: FAILS"),
 ])
-def test_gate(cand, base, promote, why):
-    ok, reasons = gate(cand, base, EvalConfig())
-    assert ok is promote
-    assert any(why in r for r in reasons)
+def test_gate_is_the_paired_bootstrap_with_perplexity_as_a_guard(cand, promote, why):
+    decision = gate(cand, _scores(BASE_ES, BASE_EM), EvalConfig())
+    assert decision.promote is promote
+    assert any(why in r for r in decision.reasons), decision.reasons
 
 
 @pytest.mark.parametrize("curve, margin, expected", [
