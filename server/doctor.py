@@ -159,7 +159,26 @@ def run(explicit: Path | None = None, repo: Path | None = None, n_threads: int |
         if engine_url:
             _remote(checks, engine_url, resolved)
     _home(checks)
+    if repo is not None:
+        _index(checks, repo)
     return checks
+
+
+def _index(checks: list[Check], repo: Path) -> None:
+    """The repository's retrieval index as `strop serve` keeps it (built or refreshed here, persisted)."""
+    from core.retrieval import RepoIndex, store_dir_for
+
+    try:
+        index = RepoIndex.build(repo, store_dir=store_dir_for(repo))
+    except StropError as err:
+        checks.append(Check("index", "warn", f"no repository retrieval: {err}",
+                            "completions still work, without chunks of the repository in the prompt"))
+        return
+    st = index.stats()
+    size = sum(f.stat().st_size for f in store_dir_for(repo).glob("*") if f.is_file())
+    checks.append(Check("index", "ok", f"{repo}: {st['files']} files, {st['chunks']} chunks, {size / 2**20:.1f} MiB on "
+                                       f"disk, refreshed in {st['build_seconds']:.2f} s "
+                                       f"({st['tokenised_files']} files re-read)"))
 
 
 def render(checks: list[Check]) -> str:
