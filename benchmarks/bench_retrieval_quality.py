@@ -62,7 +62,7 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
             prompt = llm.tokenize(b"", add_bos=True, special=False) + prompt  # BOS when the model wants one
             text = ""
             llm.reset()
-            for n, tok in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True)):
+            for n, tok in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True) if prompt else ()):
                 if tok in loaded.stop_ids or n >= 48:
                     break
                 text += llm.detokenize([tok]).decode("utf-8", "ignore")
