@@ -344,12 +344,23 @@ def _register(run: _Run) -> None:
         run.registry.promote(run.key, entry.version)
         outcome.promoted = True
         log.info(f"promoted {entry.version}: " + "; ".join(report["reasons"]))
+        _publish(run, entry)
     else:
         log.info(f"kept {serving.version} in service; {entry.version} registered, not promoted: "
                  + "; ".join(report["reasons"]))
     run.candidate.unlink(missing_ok=True)  # the registry holds its copies
     (d / ADAPTER_NAME).unlink(missing_ok=True)
     run.state.update(version=entry.version, promoted=outcome.promoted)
+
+
+def _publish(run: _Run, entry) -> None:
+    """[registry] publish = true: a promoted version goes to the team's shared directory too."""
+    from core.team_registry import RegistrySettings, TeamRegistry
+
+    team = RegistrySettings.configured()
+    if team.publish and team.url:
+        final = TeamRegistry(team.url, run.key, run.registry).publish(entry)
+        log.info(f"published {entry.version} to the team registry: {final}")
 
 
 CANDIDATE = "candidate-{quantization}.gguf"
@@ -406,7 +417,7 @@ def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()
                             settings.parse_overrides(overrides))
     files = cfg.split.files
     for section, kv in values.items():
-        if section in ("serve", "log"):  # serving's sections of the same file
+        if section in ("serve", "log", "registry"):  # serving's / the team registry's sections of the same file
             continue
         if section == "cycle":
             cfg = settings.apply(cfg, kv, "cycle", skip=_SECTIONS)

@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--promote", action="store_true", help="also register it for the repository and serve it")
     p.set_defaults(func=cmd_import)
 
+    p = sub.add_parser("publish", help="copy a version into the team's shared registry and promote it there")
+    p.add_argument("version", nargs="?", metavar="VERSION", help="default: the locally promoted version")
+    p.add_argument("--to", metavar="URL", help="shared directory (file:///path or a path; default: [registry] url)")
+    p.add_argument("--no-promote", action="store_true", help="publish without promoting it for the team")
+    repo_option(p)
+    p.set_defaults(func=cmd_publish)
+
     p = sub.add_parser("pull", help="download a GGUF from the Hugging Face hub")
     p.add_argument("name", metavar="NAME", help="hub repository id, e.g. Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF")
     p.add_argument("--file", metavar="GGUF_NAME",
@@ -123,6 +130,24 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     before = registry.promoted_version(key)
     entry = registry.rollback(key)
     print(f"rolled back {root} from {before} to {entry.version}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from core.team_registry import RegistrySettings, TeamRegistry
+
+    root, key = _repo(args.repo)
+    registry = Registry()
+    url = args.to or RegistrySettings.configured().url
+    if not url:
+        raise StropError("nowhere to publish: pass --to DIR (the shared registry directory) or set [registry] url "
+                         "in config.toml (or STROP_REGISTRY_URL).")
+    version = args.version or registry.promoted_version(key)
+    if version is None:
+        raise StropError(f"no version given and none promoted for {root}; `strop models list` shows the versions.")
+    final = TeamRegistry(url, key, registry).publish(registry.get(key, version), promote=not args.no_promote)
+    what = "published" if args.no_promote else "published and promoted"
+    print(f"{what} {version} for {root} in {final}; servers following {url} fetch it at their next poll")
     return 0
 
 

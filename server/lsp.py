@@ -27,6 +27,7 @@ from .documents import is_secret_document, uri_path
 from .engine import Engine
 from .engine_factory import make_engine
 from .hot_swap import watch_registry
+from .team_follow import start_team_follow
 from .index_service import IndexService
 from core.errors import BadRequest, StropError
 from core.git import toplevel as git_root
@@ -327,6 +328,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         if explicit_model is None and ls.repo_root is not None:
             ls._watch_task = asyncio.ensure_future(watch_registry(ls.engine, ls.repo_root, cfg.registry_poll_s,
                                                                   ls.set_resolved))
+            ls._team_task = start_team_follow(ls)  # [registry] url: fetch what the team promotes
         asyncio.ensure_future(_retention_timer(ls))
 
     @server.feature(t.TEXT_DOCUMENT_DID_OPEN)

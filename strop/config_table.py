@@ -23,6 +23,7 @@ def sections() -> list[tuple[str, object, tuple[str, ...]]]:
     from distill.sample import SampleConfig
     from distill.split import SplitConfig
     from distill.train import TrainConfig
+    from core.team_registry import RegistrySettings
     from server.config import _FLAGS_ONLY, ServeConfig
 
     return [
@@ -32,6 +33,7 @@ def sections() -> list[tuple[str, object, tuple[str, ...]]]:
         ("cycle", CycleConfig(), _SECTIONS + ("split", "harvest", "sample", "train", "eval")),
         ("files", FileFilter(), ()), ("split", SplitConfig(), ("files",)), ("harvest", HarvestConfig(), ("files",)),
         ("sample", SampleConfig(), ()), ("train", TrainConfig(), ()), ("eval", EvalConfig(), ()),
+        ("registry", RegistrySettings(), ()),
     ]
 
 

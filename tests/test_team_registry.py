@@ -1,0 +1,163 @@
+"""The team registry: versions published into a directory that a real `python -m http.server` serves,
+followed by two real `strop serve` processes (each its own STROP_HOME) that fetch, verify and hot-swap;
+a corrupted published GGUF is refused and the old model keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from lsprotocol import types as t
+
+from core.registry import GGUF_NAME, RegistryReader, repo_key
+from core.team_registry import TeamRegistry, TeamRegistryError
+from tests import lsp_support
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def http_registry(tmp_path):
+    """(served directory, its http:// URL): a real static file server on 127.0.0.1."""
+    root = tmp_path / "shared"
+    root.mkdir()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(url + "/", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield root, url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def publisher(tmp_path, fixture_repo_dir):
+    """A publisher's local registry (as a nightly job's STROP_HOME would hold it) for the repository."""
+    from distill.registry import Registry
+
+    return Registry(tmp_path / "publisher" / "registry"), repo_key(fixture_repo_dir)
+
+
+@pytest.fixture
+def fixture_repo_dir(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "main.py").write_text("import os\n\n\ndef main():\n    return os.getcwd()\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def _register(registry, key, gguf: Path, name: str):
+    return registry.add_version(key, gguf, {"source": "import", "name": name})
+
+
+def test_fetch_streams_verifies_and_refuses_a_corrupt_file(tmp_path, http_registry, publisher, tiny_fim_model):
+    shared, url = http_registry
+    registry, key = publisher
+    v1 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8")
+    TeamRegistry(str(shared), key).publish(v1)
+    local = RegistryReader(tmp_path / "laptop" / "registry")
+    team = TeamRegistry(url, key, local)
+    assert team.promoted().version == v1.version
+    got = team.fetch()
+    assert got.read_bytes() == Path(tiny_fim_model.gguf_q8).read_bytes()
+    assert local.promoted_version(key) == v1.version and local.get(key, v1.version).sha256 == v1.sha256
+
+    v2 = _register(registry, key, Path(tiny_fim_model.gguf_f32), "tiny-f32")
+    published = TeamRegistry(shared.as_uri(), key).publish(v2, promote=False)
+    gguf = published / GGUF_NAME
+    data = bytearray(gguf.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bytes changed after the manifest was written
+    gguf.write_bytes(bytes(data))
+    TeamRegistry(str(shared), key).promote_shared(v2.version)
+    with pytest.raises(TeamRegistryError, match="corrupt or incomplete.*not changed.*Publish"):
+        team.fetch()
+    assert local.promoted_version(key) == v1.version
+    assert local.version_names(key) == [v1.version]
+    assert not [p for p in local.versions_dir(key).iterdir() if p.name.startswith(".tmp-")]
+
+    with pytest.raises(TeamRegistryError, match="HTTP registries are read-only"):
+        team.publish(v2)
+    with pytest.raises(TeamRegistryError, match="cannot download.*STROP_REGISTRY_URL"):
+        TeamRegistry(f"http://127.0.0.1:{_free_port()}", key, local).promoted()
+
+
+async def _serve_registry_model(home: Path, repo: Path, url: str):
+    """`strop serve` without --model: it serves the repository's (fetched) promoted model."""
+    c = lsp_support.make_test_lsp_client()
+    env = {**os.environ, "STROP_HOME": str(home), "STROP_REGISTRY_URL": url, "STROP_REGISTRY_POLL_S": "0.5",
+           "STROP_TIME_CAP_MS": "30000", **lsp_support.TIMING_FREE}
+    await c.start_io(sys.executable, "-m", "strop", "serve", "--repo", str(repo), env=env)
+    await c.initialize_session(t.InitializeParams(capabilities=lsp_support.CLIENT_CAPS, root_uri=repo.as_uri()))
+    return c
+
+
+def test_two_servers_follow_the_team_registry_and_refuse_a_corrupt_version(
+        tmp_path, http_registry, publisher, fixture_repo_dir, tiny_fim_model):
+    shared, url = http_registry
+    registry, key = publisher
+    repo = fixture_repo_dir
+    v1 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8")
+    TeamRegistry(str(shared), key).publish(v1)
+    homes = [tmp_path / "alice", tmp_path / "bob"]
+    for home in homes:  # each laptop fetched v1 once (as `strop serve` would at its first poll)
+        TeamRegistry(url, key, RegistryReader(home / "registry")).fetch()
+
+    async def scenario():
+        clients = [await _serve_registry_model(home, repo, url) for home in homes]
+        try:
+            for c in clients:
+                st = await lsp_support.wait_ready(c)
+                assert st["modelVersion"] == v1.version, st
+            v2 = _register(registry, key, Path(tiny_fim_model.gguf_f32), "tiny-f32")
+            TeamRegistry(shared.as_uri(), key).publish(v2)  # the nightly job's publish + promote
+            for c in clients:
+                st = await lsp_support.until_status(c, lambda s: s.get("modelVersion") == v2.version, 120)
+                assert st["model"] == "tiny-f32"
+            for home in homes:
+                assert RegistryReader(home / "registry").get(key, v2.version).gguf.read_bytes() == \
+                    Path(tiny_fim_model.gguf_f32).read_bytes()
+
+            v3 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8-again")
+            gguf = TeamRegistry(str(shared), key).publish(v3, promote=False) / GGUF_NAME
+            gguf.write_bytes(gguf.read_bytes()[:-4096])  # truncated after the manifest was written
+            TeamRegistry(str(shared), key).promote_shared(v3.version)
+            for c in clients:
+                st = await lsp_support.until_status(c, lambda s: "corrupt or incomplete" in (s.get("message") or ""), 60)
+                assert st["modelVersion"] == v2.version and v3.version in st["message"]
+            await asyncio.sleep(1.5)  # a few more polls: still refused, still serving v2
+            for c, home in zip(clients, homes):
+                st = await lsp_support.status(c)
+                assert st["modelVersion"] == v2.version and st["state"] != "error"
+                assert RegistryReader(home / "registry").promoted_version(key) == v2.version
+                assert v3.version not in RegistryReader(home / "registry").version_names(key)
+        finally:
+            for c in clients:
+                await c.shutdown_session()
+
+    asyncio.run(scenario())
