@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never learn from or evaluate on files matching GLOB, a .gitignore line "
                         "(repeatable; e.g. 'generated/', '*.pb.go', '!keep.py')")
+    p.add_argument("--log", action="append", default=[], type=Path, metavar="BUNDLE",
+                   help="also learn from a team bundle of accepted completions (`strop log export`); "
+                        "repeatable, duplicates across bundles count once")
     p.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("eval", help="evaluate a model on the repository's held-out code")

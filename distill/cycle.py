@@ -27,6 +27,8 @@ from core import git as gitmod
 from core import settings
 from core.completion import PromptSettings
 from core.errors import StropError
+from core.log_bundle import Bundle, read_bundle, row_id
+from core.secrets import redact
 from core.models import resolve
 
 from .atomic import write_json_atomic
@@ -82,23 +84,40 @@ def repo_stamp(repo: Path) -> dict:
     return {"head": git("rev-parse", "HEAD"), "dirty": dirty, "log_rows": rows, "log_newest": newest}
 
 
-def _logged_contexts(repo: Path) -> list[LoggedContext]:
-    out = []
+def _logged_contexts(repo: Path, bundles: tuple[Bundle, ...] = ()) -> tuple[list[LoggedContext], dict[str, int]]:
+    """The local log's accepted completions, then the team bundles' (`--log`), each completion once (by
+    the content hash of its scrubbed path, prefix, suffix and completion); and how many each bundle gave."""
+    out, seen = [], set()
     for row in open_log().accepted_contexts(str(repo)):
         accepted = row["accepted_chars"] or len(row["completion"])
+        seen.add(row_id(row["path"], *(redact(row[k])[0] for k in ("prefix", "suffix")),
+                        redact(row["completion"][:accepted])[0]))
         out.append(LoggedContext(path=row["path"], language=row["language"], prefix=row["prefix"],
                                  suffix=row["suffix"], completion=row["completion"][:accepted],
                                  retained_chars=row["retained_chars"] if row["retained_chars"] is not None else accepted,
                                  accepted_chars=accepted, snippets=tuple(json.loads(row["snippets"] or "[]"))))
-    return out
+    counts: dict[str, int] = {}
+    for bundle in bundles:
+        counts[bundle.id] = 0
+        for row in bundle.rows:
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
+            counts[bundle.id] += 1
+            out.append(LoggedContext(path=row["path"], language=row["language"], prefix=row["prefix"],
+                                     suffix=row["suffix"], completion=row["completion"],
+                                     retained_chars=row["retained_chars"], accepted_chars=row["accepted_chars"],
+                                     snippets=tuple(tuple(s) for s in row["snippets"]), bundle=bundle.id))
+    return out, counts
 
 
 class Cycle:
-    def __init__(self, repo: Path, cfg: CycleConfig, *, progress: bool = True) -> None:
+    def __init__(self, repo: Path, cfg: CycleConfig, *, progress: bool = True, bundles: tuple[Path, ...] = ()) -> None:
         self.repo = repo.resolve()
         self.cfg = cfg
         self.progress = progress
         self.key = repo_key(self.repo)
+        self.bundles = tuple(read_bundle(p, self.key) for p in bundles)  # team signals: `--log BUNDLE`
         self.root = strop_home() / "distill" / self.key
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = Registry()
@@ -133,6 +152,8 @@ class Cycle:
     def run(self, *, force: bool = False) -> CycleOutcome:
         with CycleLock.for_repo(self.key):
             stamp = repo_stamp(self.repo)
+            if self.bundles:  # new team bundles are new data
+                stamp["log_bundles"] = sorted(b.id for b in self.bundles)
             last = self.root / "last_stamp.json"
             unfinished = any(self._state(d).get("stage") not in ("register", "failed")
                              for d in sorted(self.root.glob("cycle-*"))[-1:])
@@ -197,6 +218,7 @@ class _Run:
         self.state: dict = {}
         self.split = None  # split_repo's result and the logged contexts it was made with
         self.logged: list[LoggedContext] = []
+        self.bundles = cycle.bundles
         self._retriever = None
 
     def path(self, name: str) -> Path:
@@ -227,7 +249,8 @@ def _split(run: _Run) -> None:
     cfg = run.cfg
     log.info(f"splitting {run.repo} (held-out evaluation data first)")
     split = run.split = split_repo(run.repo, cfg.split)
-    logged = run.logged = _logged_contexts(run.repo)
+    logged, bundle_counts = _logged_contexts(run.repo, run.bundles)
+    run.logged = logged
     # Accepted completions train as they are: held-out code they contain is not held out.
     seen = TrainText(ctx.completion for ctx in logged)
     val_all, test_all = split.validation(), split.test()
@@ -238,7 +261,8 @@ def _split(run: _Run) -> None:
     write_jsonl(run.d / "validation.jsonl", val)
     write_jsonl(run.d / "test.jsonl", test)
     write_json_atomic(run.d / "split.json", {"method": split.method, "cutoff_commit": split.cutoff_commit,
-                                             "validation": len(val), "test": len(test), "stats": stats})
+                                             "validation": len(val), "test": len(test), "stats": stats,
+                                             "log_bundles": bundle_counts})
     log.info(f"split: {split.method}, {len(val)} validation / {len(test)} test items")
 
 
@@ -324,8 +348,7 @@ def _register(run: _Run) -> None:
         "name": f"{run.repo.name}-distilled",
         "source": "distill",
         "base": serving.name, "parent": serving.version, "cycle": d.name,
-        "data": {"split": read("split.json"), "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
-                 "samples": read("sample_stats.json")},
+        "data": manifest_data(d),
         "hyperparameters": {"sample": dataclasses.asdict(cfg.sample),
                             "train": {k: v for k, v in train_meta.items() if k not in ("losses",)},
                             "quantization": cfg.quantization},
@@ -361,6 +384,16 @@ def _publish(run: _Run, entry) -> None:
     if team.publish and team.url:
         final = TeamRegistry(team.url, run.key, run.registry).publish(entry)
         log.info(f"published {entry.version} to the team registry: {final}")
+
+
+def manifest_data(d: Path) -> dict:
+    """The data counts of a cycle's manifest: the split, the prompts, the samples, and the logged
+    completions each team bundle gave (`log_bundles`: {bundle id: completions})."""
+    split = json.loads((d / "split.json").read_text())
+    samples = d / "sample_stats.json"
+    return {"split": split, "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
+            "samples": json.loads(samples.read_text()) if samples.exists() else None,
+            "log_bundles": split.get("log_bundles", {})}
 
 
 CANDIDATE = "candidate-{quantization}.gguf"
@@ -456,7 +489,7 @@ def _main(args) -> int:
     repo = args.repo.resolve()
     if not repo.is_dir():
         raise StropError(f"--repo {args.repo}: not a directory")
-    cycle = Cycle(repo, cfg)
+    cycle = Cycle(repo, cfg, bundles=tuple(getattr(args, "log", ())))
     if args.every:
         log.info(f"running a cycle every {args.every:.0f}s; Ctrl-C stops between cycles")
         while True:

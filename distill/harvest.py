@@ -257,6 +257,7 @@ def logged_prompt(ctx: LoggedContext, cfg: HarvestConfig) -> Prompt | None:
         weight=weight,
         source="log",
         snippets=tuple((path, redact(text)[0]) for path, text in ctx.snippets),
+        bundle=ctx.bundle,
     )
 
 

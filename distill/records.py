@@ -48,6 +48,7 @@ class Prompt:
     weight: float = 1.0
     source: str = "repo"
     snippets: tuple = ()  # repository context the prompt showed (a logged one's): ((path, text), ...)
+    bundle: str = ""  # a logged prompt from a team bundle (`strop distill --log`): its bundle id
 
     def __post_init__(self) -> None:
         _store_snippets(self)
@@ -95,6 +96,7 @@ class LoggedContext:
     accepted_chars: int
     weight: float = 1.0
     snippets: tuple = ()  # the repository context the served prompt showed: ((path, text), ...)
+    bundle: str = ""  # the id of the team bundle it came from; "" for the local completion log
 
     def __post_init__(self) -> None:
         _store_snippets(self)

@@ -188,9 +188,12 @@ def _add_log(sub) -> None:
     p = sub.add_parser("log", help="recent completions, newest first; `strop log purge` deletes them",
                        description="Rows older than STROP_LOG_RETENTION_DAYS (default 30; `never` keeps "
                                    "all) are deleted whenever the log is opened.")
-    p.add_argument("action", nargs="?", choices=["purge"],
+    p.add_argument("action", nargs="?", choices=["purge", "export"],
                    help="purge: delete the logged completions (all, or --older-than) and rewrite the file "
-                        "so that their bytes are gone from the disk")
+                        "so that their bytes are gone from the disk; export OUT.bundle: the repository's "
+                        "accepted-and-retained completions, secrets scrubbed, for `strop distill --log`")
+    p.add_argument("out", nargs="?", type=Path, metavar="OUT.bundle", help="with export: the bundle to write")
+    p.add_argument("--repo", type=Path, metavar="DIR", help="with export: the repository (default: the git root of .)")
     p.add_argument("--older-than", type=_positive_days, metavar="DAYS", help="with purge: only rows older than this")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -220,6 +223,10 @@ def cmd_log(args) -> int:
         which = f"older than {args.older_than:g} days" if args.older_than is not None else "all"
         print(f"purged {n} completions ({which}) from {clog.path}")
         return 0
+    if args.action == "export":
+        from .log_export import export
+
+        return export(clog, args.out, args.repo)
     if args.older_than is not None:
         raise StropError("--older-than goes with purge: strop log purge --older-than DAYS")
     rows = [{k: r[k] for k in LOG_FIELDS} for r in clog.recent(args.limit)]
