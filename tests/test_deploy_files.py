@@ -35,7 +35,7 @@ def example(uncomment: bool) -> dict:
 
 def test_every_distill_key_of_the_example_is_read_by_load_config(tmp_path):
     values = example(uncomment=True)
-    assert set(values) == {"serve", "log", *DISTILL_SECTIONS}
+    assert set(values) == {"serve", "log", "registry", *DISTILL_SECTIONS}
     # load_config refuses unknown sections and keys; the whole file (uncommented) is what it reads.
     distill_only = tmp_path / "config.toml"
     body = []
@@ -87,9 +87,14 @@ def test_the_example_as_the_config_file_is_read_by_serving_and_distillation(tmp_
     text = EXAMPLE.read_text(encoding="utf-8")
     text = re.sub(r"(?m)^time_cap_ms = \d+", "time_cap_ms = 1777", text)
     text = re.sub(r"(?m)^retention_days = \d+", "retention_days = 9", text)
+    text = re.sub(r"(?m)^poll_s = [\d.]+", "poll_s = 7.5", text)
     (tmp_path / "config.toml").write_text(text, encoding="utf-8")
     assert ServeConfig().configured().time_cap_ms == 1777
     assert log_retention_days() == 9.0
+    from core.team_registry import RegistrySettings
+    assert RegistrySettings.configured() == RegistrySettings(url=None, poll_s=7.5, publish=False)
+    monkeypatch.setenv("STROP_REGISTRY_URL", "file:///shared/r")
+    assert RegistrySettings.configured().url == "file:///shared/r"
     assert load_config(None, []).prompt.budget_tokens == ServeConfig().configured().budget_tokens
 
 

@@ -161,3 +161,41 @@ def test_two_servers_follow_the_team_registry_and_refuse_a_corrupt_version(
                 await c.shutdown_session()
 
     asyncio.run(scenario())
+
+
+def test_strop_models_publish_and_the_cycles_publish_switch(tmp_path, monkeypatch, fixture_repo_dir, tiny_fim_model):
+    from types import SimpleNamespace
+
+    from distill.cycle import _publish
+    from distill.registry import Registry
+
+    home, shared, key = tmp_path / "nightly", tmp_path / "shared", repo_key(fixture_repo_dir)
+    registry = Registry(home / "registry")
+    v1 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8")
+    registry.promote(key, v1.version)
+    env = {**os.environ, "STROP_HOME": str(home)}
+
+    def publish(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "strop", "models", "publish", *args, "--repo", str(fixture_repo_dir)],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    proc = publish("--to", shared.as_uri())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((shared / key / "promoted.json").read_text())["version"] == v1.version
+    assert (shared / key / "versions" / v1.version / GGUF_NAME).read_bytes() == Path(tiny_fim_model.gguf_q8).read_bytes()
+    proc = publish("--to", "http://127.0.0.1:9/r")
+    assert proc.returncode != 0 and "HTTP registries are read-only" in proc.stderr
+    proc = publish()
+    assert proc.returncode != 0 and "nowhere to publish" in proc.stderr
+
+    # [registry] publish = true: the cycle's register stage publishes what it promotes
+    v2 = _register(registry, key, Path(tiny_fim_model.gguf_f32), "tiny-f32")
+    run = SimpleNamespace(key=key, registry=registry)
+    monkeypatch.setenv("STROP_HOME", str(home))
+    monkeypatch.setenv("STROP_REGISTRY_URL", str(shared))
+    _publish(run, v2)  # publish = false (the default): nothing
+    assert json.loads((shared / key / "promoted.json").read_text())["version"] == v1.version
+    monkeypatch.setenv("STROP_REGISTRY_PUBLISH", "true")
+    _publish(run, v2)
+    state = json.loads((shared / key / "promoted.json").read_text())
+    assert state["version"] == v2.version and state["history"] == [v1.version]
