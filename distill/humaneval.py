@@ -42,7 +42,7 @@ from core.paths import strop_home
 from .atomic import write_json_atomic
 from .gate import GuardCheck
 
-DATA_DIR = Path(os.environ.get("STROP_EVAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "eval-data"))
+SHIPPED_FILE = Path(__file__).resolve().parent / "data" / "HumanEval-SingleLineInfilling.jsonl.gz"  # MIT, see data/README.md
 SINGLE_LINE_FILE = "human-eval-infilling/HumanEval-SingleLineInfilling.jsonl.gz"
 CACHE_VERSION = 1  # bump when prompts, decoding or scoring change: old cached results are then ignored
 DEFAULT_N_TASKS = 300
@@ -104,7 +104,10 @@ class GuardResult:
 # --- data ------------------------------------------------------------------------------------------
 def load_tasks(path: Path | None = None) -> list[Task]:
     """All single-line infilling tasks, in the file's order (tasks of one problem are adjacent)."""
-    path = Path(path) if path is not None else DATA_DIR / SINGLE_LINE_FILE
+    if path is None:
+        env = os.environ.get("STROP_EVAL_DATA")
+        path = Path(env) / SINGLE_LINE_FILE if env else SHIPPED_FILE
+    path = Path(path)
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]

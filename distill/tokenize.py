@@ -113,12 +113,14 @@ def encode_prompt(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, *,
     truncated prompt is exactly what the server would send for the shorter text."""
     bos = adds_bos(tokenizer)
     snippets = as_snippets(ex.snippets)
+    if snippets and len(_laid_out(tokenizer, fmt, ex, ex.prefix, ex.suffix, snippets, bos)) > max_prompt_tokens:
+        # Too long with its repository context (a training length below the serving budget): the
+        # current file's own text teaches more, so the snippets go first, before any of the file.
+        snippets = ()
 
     def ids(prefix: str, suffix: str) -> list[int]:
         # The serving layout (core.fim.layout), with the repository context the sample was made with.
-        pieces = layout(fmt, prefix, suffix, snippets=snippets, path=ex.path, language=ex.language,
-                        repo_name=ex.repo_name)
-        return pieces_to_ids(tokenizer, pieces, bos=bos)
+        return _laid_out(tokenizer, fmt, ex, prefix, suffix, snippets, bos)
 
     def fits(prefix: str, suffix: str) -> bool:
         return len(ids(prefix, suffix)) <= max_prompt_tokens
@@ -140,6 +142,12 @@ def encode_prompt(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, *,
             f"from {ex.path or 'an unnamed file'}. Raise max_seq_tokens or lower max_completion_tokens "
             "in the training config.")
     return ids(line[cut:], "")
+
+
+def _laid_out(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, prefix: str, suffix: str, snippets,
+              bos: bool) -> list[int]:
+    return pieces_to_ids(tokenizer, layout(fmt, prefix, suffix, snippets=snippets, path=ex.path,
+                                           language=ex.language, repo_name=ex.repo_name), bos=bos)
 
 
 def encode_example(tokenizer: Any, fmt: FimFormat | None, ex: TrainExample, *,

@@ -117,8 +117,8 @@ class IndexService:
             store = self.store_dir if self.store_dir is not None else store_dir_for(self.root)
             self._index = RepoIndex.build(self.root, excludes=self.excludes, store_dir=store,
                                           progress=self._on_progress)
-        except StropError as err:
-            self._fail(str(err))
+        except StropError as err:  # e.g. not a git work tree: an ordinary setup, said in status and doctor
+            self._fail(str(err), level=logging.INFO)
             return
         except Exception as err:  # noqa: BLE001 - the server keeps serving without retrieval
             log.exception("building the retrieval index failed")
@@ -197,11 +197,11 @@ class IndexService:
         if index is not None:
             self._guard(index.save)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, level: int = logging.WARNING) -> None:
         self._error = message
         self._state = "failed"
         self._ready.set()
-        log.warning("%s", message)
+        log.log(level, "%s", message)
 
     def _on_progress(self, done: int, total: int) -> None:
         self._progress = (done, total)

@@ -88,6 +88,8 @@ class Worker:
 
         try:
             gen = None if job.id in self.aborted else self.decoder.run(job, abort)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise  # the server went away mid-job (abort() reads the connection): end quietly in main()
         except Exception:  # a failing job must not take the worker down
             log.exception("generation failed")
             gen = None

@@ -72,7 +72,7 @@ def test_the_table_ships_in_the_wheel(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / name, src / name)
-    for package in ("core", "server", "distill"):
+    for package in ("core", "server", "distill", "strop"):
         shutil.copytree(root / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, cwd=tmp_path)

