@@ -302,11 +302,12 @@ class CompletionLog:
         return list(self.rows("repo = ? AND outcome IN ('accepted', 'partial')", (repo,)))
 
     def change_stamp(self, repo: str) -> tuple[int, float]:
-        """(rows, newest outcome time) for a repository: cheap 'did the log change' check for the scheduler.
-        Only the model's completions count: an answer without the model (typed-through, cached) is
-        never training data, so it does not make the next cycle run."""
+        """(rows, newest change) of what a distillation cycle learns from: the accepted (or partly
+        accepted) completions of a repository, and when their outcome or retention last changed. A
+        completion only shown, dismissed, or answered without the model is never training data, so it
+        does not make the next cycle run."""
         with self._lock:
             row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(MAX(COALESCE(outcome_at, created_at)), 0) FROM completions "
-                "WHERE repo = ? AND source = 'model'", (repo,)).fetchone()
+                "SELECT COUNT(*), COALESCE(MAX(MAX(COALESCE(outcome_at, 0), COALESCE(retention_checked_at, 0))), 0) "
+                "FROM completions WHERE repo = ? AND outcome IN ('accepted', 'partial')", (repo,)).fetchone()
         return int(row[0]), float(row[1])

@@ -219,3 +219,18 @@ def test_log_purge_leaves_no_bytes_of_the_purged_rows(tmp_path):
     assert b"NEW-MARKER" not in _bytes_on_disk(db)
     bad = strop("purge", "--older-than", "soon")
     assert bad.returncode == 2 and "not a number of days" in bad.stderr
+
+
+def test_the_change_stamp_moves_only_with_what_a_cycle_learns_from(tmp_path):
+    log = CompletionLog(tmp_path / "log.sqlite3")
+    before = log.change_stamp("/r")
+    log.add(rec("shown-only"))
+    log.mark_shown("shown-only")
+    log.add(rec("typed", source="typed-through"))
+    assert log.change_stamp("/r") == before  # shown, never accepted: no new training data
+    log.add(rec("kept"))
+    log.mark_outcome("kept", "accepted", 5)
+    accepted = log.change_stamp("/r")
+    assert accepted[0] == before[0] + 1 and accepted[1] > 0
+    log.mark_retention("kept", 4)
+    assert log.change_stamp("/r") != accepted  # its weight changed
