@@ -219,4 +219,4 @@ async def _drain(stream, sink) -> None:
 
 def server_argv(model: Path | None) -> list[str]:
     """`strop serve` from this work tree, as the plugins start it (`--model` only when configured)."""
-    return [sys.executable, "-m", "server.cli", "serve", *(["--model", str(model)] if model else [])]
+    return [sys.executable, "-m", "strop", "serve", *(["--model", str(model)] if model else [])]
