@@ -24,7 +24,7 @@ EVAL_KINDS = frozenset({"next_line", "fim_line", "fim_block"})
 PROMPT_SOURCES = frozenset({"repo", "log"})
 
 
-def _store_snippets(record) -> None:
+def store_snippets(record) -> None:
     """Snippets in the one stored shape, whether made here or read back from JSON."""
     object.__setattr__(record, "snippets", snippet_pairs(record.snippets))
 
@@ -51,7 +51,7 @@ class Prompt:
     bundle: str = ""  # a logged prompt from a team bundle (`strop distill --log`): its bundle id
 
     def __post_init__(self) -> None:
-        _store_snippets(self)
+        store_snippets(self)
         if self.kind not in PROMPT_KINDS:
             raise ValueError(f"Prompt kind {self.kind!r} is not one of {sorted(PROMPT_KINDS)}")
         if self.source not in PROMPT_SOURCES:
@@ -74,7 +74,7 @@ class EvalItem:
     snippets: tuple = ()  # repository context for the prompt: ((path, text), ...)
 
     def __post_init__(self) -> None:
-        _store_snippets(self)
+        store_snippets(self)
         if self.kind not in EVAL_KINDS:
             raise ValueError(f"EvalItem kind {self.kind!r} is not one of {sorted(EVAL_KINDS)}")
 
@@ -99,7 +99,7 @@ class LoggedContext:
     bundle: str = ""  # the id of the team bundle it came from; "" for the local completion log
 
     def __post_init__(self) -> None:
-        _store_snippets(self)
+        store_snippets(self)
 
 
 R = TypeVar("R")

@@ -19,10 +19,9 @@ from pathlib import Path
 
 from core.completion import CompletionPath, PromptSettings, position_of
 from core.decode import InProcessEngine, Sampling
-from core.fim import snippet_pairs
 from core.models import ResolvedModel
 
-from .records import Prompt, append_jsonl, read_jsonl
+from .records import Prompt, append_jsonl, read_jsonl, store_snippets
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Sample:
     repo_name: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "snippets", snippet_pairs(self.snippets))
+        store_snippets(self)
 
 
 @dataclass

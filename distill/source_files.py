@@ -37,7 +37,6 @@ LOCK_FILES = frozenset({
     "flake.lock", "mix.lock", "pubspec.lock", "podfile.lock", "packages.lock.json", "bun.lockb",
     "gradle.lockfile", "conda-lock.yml",
 })
-GENERATED_MARKERS = repo_files.GENERATED_MARKERS
 
 
 @dataclass(frozen=True)

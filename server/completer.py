@@ -80,6 +80,9 @@ class Completer:
         self.repo = repo
         self.repo_name = repo_name
         self.retriever = retriever  # core.completion.Retrieve: repository snippets, or None
+        self.prompt = PromptSettings(budget_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
+                                     extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines,
+                                     max_snippets=cfg.max_snippets, retrieval_k=cfg.retrieval_k)
         self.cache = CompletionCache()
         self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
@@ -112,12 +115,8 @@ class Completer:
 
     def completion_path(self) -> CompletionPath:
         model = self.engine.model
-        cfg = self.cfg
-        prompt = PromptSettings(budget_tokens=cfg.budget_tokens, prefix_share=cfg.prefix_share,
-                                extra_share=cfg.extra_share, chunk_lines=cfg.chunk_lines,
-                                max_snippets=cfg.max_snippets, retrieval_k=cfg.retrieval_k)
-        return CompletionPath(model.fim if model else None, self._count, prompt, cfg, repo_name=self.repo_name,
-                              retriever=self.retriever)
+        return CompletionPath(model.fim if model else None, self._count, self.prompt, self.cfg,
+                              repo_name=self.repo_name, retriever=self.retriever)
 
     def build_context(self, req: Request, total_tokens: int | None = None, cold: bool = False) -> ctxmod.Context:
         return self.completion_path().context(req.position(), total_tokens=total_tokens or self.full_budget_tokens(),
