@@ -144,17 +144,18 @@ def requantised_control(base: Path, qtype: str, dest: Path) -> Path:
     return dest
 
 
-def quality(report: dict, base: Path, control: Path, validation: list, test: list, cfg) -> dict:
+def quality(report: dict, base: Path, control: Path, validation: list, test: list, cfg, **prompt) -> dict:
     """Greedy and tuned-T_eval scores of each model on the same held-out slices. The cycle's
     evaluation already scored the distilled model both ways and the base greedily (it serves at
-    T=0); the base's own tuned T_eval and the re-quantised control are added here."""
+    T=0); the base's own tuned T_eval and the re-quantised control are added here, on the cycle's
+    prompts (`prompt`: its [prompt] settings, repository name and retrieval)."""
     from distill.evaluate import Evaluator
 
     out = {"distilled": {"greedy": _scores(report["candidate_greedy"]), "t_eval": report["t_eval"],
                          "validation_edit_similarity_by_t": report["t_eval_curve"],
                          "tuned": _scores(report["candidate"])},
            "base": {"greedy": _scores(report["baseline_greedy"])}}
-    ev = Evaluator(base, cfg)
+    ev = Evaluator(base, cfg, **prompt)
     try:
         t_eval, curve = ev.tune_temperature(validation)
         out["base"].update(t_eval=t_eval, validation_edit_similarity_by_t={str(k): v for k, v in curve.items()},
@@ -162,7 +163,7 @@ def quality(report: dict, base: Path, control: Path, validation: list, test: lis
                                ev.score(test, t_eval, perplexity=cfg.perplexity))))
     finally:
         ev.close()
-    ev = Evaluator(control, cfg)
+    ev = Evaluator(control, cfg, **prompt)
     try:
         out["base_requantised"] = {"greedy": _scores(dataclasses.asdict(ev.score(test, 0.0, perplexity=cfg.perplexity)))}
     finally:
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "10")
     from bench_train import compare_loops
     from distill.cli import configure_logging
-    from distill.cycle import Cycle, load_config
+    from distill.cycle import Cycle, load_config, repository_retriever
     from distill.records import EvalItem, Prompt, read_jsonl
     from core.registry import repo_key
     from distill.registry import Registry
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         candidate = Path(Registry().get(repo_key(repo), result["gate"]["version"]).gguf)
         wide = {"n": len(test), "decoding": "greedy"}
         for name, path in (("distilled", candidate), ("base", model)):
-            ev = Evaluator(path, cfg.eval)
+            ev = Evaluator(path, cfg.eval, prompt=cfg.prompt, repo_name=repo.name,
+                           retriever=repository_retriever(repo, cfg))
             try:
                 wide[name] = _scores(dataclasses.asdict(ev.score(test, 0.0, progress=True)))
             finally:
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if "quality" in parts:
         control = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")
         result["held_out_quality"] = quality(report, model, control, read_jsonl(d / "validation.jsonl", EvalItem),
-                                             read_jsonl(d / "test.jsonl", EvalItem), cfg.eval)
+                                             read_jsonl(d / "test.jsonl", EvalItem), cfg.eval, prompt=cfg.prompt,
+                                             repo_name=repo.name, retriever=repository_retriever(repo, cfg))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -35,13 +35,13 @@ from .atomic import write_json_atomic
 from .evaluate import EvalConfig, compare, write_report
 from .harvest import HarvestConfig, count_by_kind, harvest
 from .lock import CycleLock
+from .mix import MixConfig, training_examples
 from .records import EvalItem, LoggedContext, Prompt, read_jsonl, write_jsonl
 from core.registry import repo_key
 
 from .registry import Registry
-from .sample import Sample, SampleConfig, sample
+from .sample import Sample, SampleConfig, repository_targets, sample
 from .split import SplitConfig, TrainText, split_repo
-from .tokenize import TrainExample
 
 log = logging.getLogger("strop.distill")  # progress: distill/cli.py prints it as "strop distill: ..."
 
@@ -59,6 +59,7 @@ class CycleConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    mix: MixConfig = field(default_factory=MixConfig)  # what the LoRA learns from (distill/mix.py)
     train: object = None  # distill.train.TrainConfig (imported lazily: torch)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompt: PromptSettings = field(default_factory=PromptSettings)  # the [prompt] section serving reads too
@@ -229,20 +230,25 @@ class _Run:
         return self.path(CANDIDATE)
 
     def retriever(self):
-        """Repository retrieval for sampling and evaluation, over the split's training side only (no
-        held-out line can reach a prompt); None when `[prompt] retrieval_k = 0`."""
-        if self.cfg.prompt.retrieval_k <= 0:
-            return None
+        """The cycle's repository retrieval (`repository_retriever`), made once."""
         if self._retriever is None:
-            from core.repo_context import RetrievalSettings, Retriever, offline_index
-
-            split = self.split or split_repo(self.repo, self.cfg.split)  # deterministic: a resume redoes it
-            index = offline_index(self.repo, split.train_files, self.cfg.split.files.exclude_globs)
-            self._retriever = Retriever(lambda: index, RetrievalSettings(k=self.cfg.prompt.retrieval_k))
+            self._retriever = repository_retriever(self.repo, self.cfg, self.split)
         return self._retriever
 
     def missing(self, stage: Stage) -> list[str]:
         return [name for name in stage.outputs if not self.path(name).exists()]
+
+
+def repository_retriever(repo: Path, cfg: CycleConfig, split=None):
+    """Repository retrieval for sampling and evaluation, over the split's training side only (no
+    held-out line can reach a prompt); None when `[prompt] retrieval_k = 0`."""
+    if cfg.prompt.retrieval_k <= 0:
+        return None
+    from core.repo_context import RetrievalSettings, Retriever, offline_index
+
+    split = split or split_repo(repo, cfg.split)  # deterministic: a resume redoes it
+    index = offline_index(repo, split.train_files, cfg.split.files.exclude_globs)
+    return Retriever(lambda: index, RetrievalSettings(k=cfg.prompt.retrieval_k))
 
 
 def _split(run: _Run) -> None:
@@ -276,26 +282,46 @@ def _harvest(run: _Run) -> None:
 
 
 def _sample(run: _Run) -> None:
-    cfg = run.cfg.sample
+    """The mix's model-made data: SSD samples ([mix] ssd > 0), and the repository targets laid out as
+    the samples are ([mix] repository > 0)."""
+    cfg, mix = run.cfg.sample, run.cfg.mix
     prompts = read_jsonl(run.d / "prompts.jsonl", Prompt)
-    log.info(f"sampling {len(prompts)} prompts × {cfg.n_per_prompt} from {run.serving.version} "
-             f"(T={cfg.temperature}, top-k {cfg.top_k}, top-p {cfg.top_p})")
-    stats = sample(run.base_gguf, prompts, run.d / "samples.jsonl", cfg, progress=run.progress,
-                   prompt=run.cfg.prompt, repo_name=run.repo.name, retriever=run.retriever())
-    write_json_atomic(run.d / "sample_stats.json", stats.as_dict())
-    log.info(f"sample: kept {stats.kept}, dropped {dict(stats.dropped)}, {stats.tokens_per_s:.1f} tokens/s")
+    common = dict(prompt=run.cfg.prompt, repo_name=run.repo.name, retriever=run.retriever())
+    n_targets = 0
+    if mix.repository > 0:
+        n_targets = repository_targets(run.base_gguf, prompts, run.d / "targets.jsonl", cfg, **common)
+        log.info(f"repository targets: {n_targets} real completions at the repository prompts")
+    else:
+        write_jsonl(run.d / "targets.jsonl", [])
+    if mix.ssd > 0:
+        log.info(f"sampling {len(prompts)} prompts × {cfg.n_per_prompt} from {run.serving.version} "
+                 f"(T={cfg.temperature}, top-k {cfg.top_k}, top-p {cfg.top_p})")
+        stats = sample(run.base_gguf, prompts, run.d / "samples.jsonl", cfg, progress=run.progress, **common).as_dict()
+        log.info(f"sample: kept {stats['kept']}, dropped {stats['dropped']}, {stats['tokens_per_s']:.1f} tokens/s")
+    else:
+        write_jsonl(run.d / "samples.jsonl", [])
+        stats = {"prompts": len(prompts), "kept": 0, "skipped": "[mix] ssd = 0"}
+        log.info("sampling skipped: [mix] ssd = 0")
+    write_json_atomic(run.d / "sample_stats.json", dict(stats, repository_targets=n_targets))
 
 
 def _train(run: _Run) -> None:
     from .launch import run_train
     from .train import TrainConfig
 
-    samples = read_jsonl(run.d / "samples.jsonl", Sample)
-    examples = training_examples(samples, read_jsonl(run.d / "prompts.jsonl", Prompt), run.repo.name)
-    log.info(f"training a LoRA on {len(samples)} samples and {len(examples) - len(samples)} accepted "
-             f"completions from {run.base_gguf.name}")
-    result = run_train(run.base_gguf, examples, run.d / "train", run.cfg.train or TrainConfig(), progress=run.progress)
-    write_json_atomic(run.d / "train.json", result.to_json())
+    mix = run.cfg.mix
+    mixed = training_examples(read_jsonl(run.d / "samples.jsonl", Sample), read_jsonl(run.d / "prompts.jsonl", Prompt),
+                              run.repo.name, mix, read_jsonl(run.d / "targets.jsonl", Sample))
+    n = mixed.counts
+    log.info(f"training a LoRA from {run.base_gguf.name} on {n['ssd']} own samples (×{mix.ssd}), "
+             f"{n['repository']} repository targets (×{mix.repository}) and {n['log']} accepted completions "
+             f"(×{mix.log})")
+    if not mixed.examples:
+        raise StropError("the distillation mix gave no training examples: no samples, repository targets or "
+                         "accepted completions. Check [mix] (a source weighted 0 is off) and the harvest's prompts.")
+    result = run_train(run.base_gguf, mixed.examples, run.d / "train", run.cfg.train or TrainConfig(),
+                       progress=run.progress)
+    write_json_atomic(run.d / "train.json", dict(result.to_json(), mix=mixed.manifest(mix)))
 
 
 def _export(run: _Run) -> None:
@@ -312,7 +338,8 @@ def _export(run: _Run) -> None:
     log.info("exporting the merged model to GGUF")
     export_gguf(model, tok, f16, dtype="f16", tokenizer_source_gguf=run.base_gguf,
                 metadata={"strop.parent": run.serving.version, "strop.cycle": d.name, "strop.repo": run.key})
-    probes = [s.prefix[-400:] for s in read_jsonl(d / "samples.jsonl", Sample) if s.prefix.strip()][:4]
+    probes = [s.prefix[-400:] for name in ("samples.jsonl", "targets.jsonl")
+              for s in read_jsonl(d / name, Sample) if s.prefix.strip()][:4]
     check = roundtrip_check(model, tok, f16, probes or ["def main():\n    return "])
     write_json_atomic(d / "export.json", dataclasses.asdict(check))
     if not check.passed:
@@ -350,7 +377,7 @@ def _register(run: _Run) -> None:
         "base": serving.name, "parent": serving.version, "cycle": d.name,
         "data": manifest_data(d),
         "hyperparameters": {"sample": dataclasses.asdict(cfg.sample),
-                            "train": {k: v for k, v in train_meta.items() if k not in ("losses",)},
+                            "train": {k: v for k, v in train_meta.items() if k not in ("losses", "mix")},
                             "quantization": cfg.quantization},
         "metrics": {"candidate": report["candidate"], "baseline": report["baseline"]},
         "decoding": {"temperature": report["t_eval"], "top_k": cfg.eval.top_k, "top_p": cfg.eval.top_p},
@@ -387,12 +414,14 @@ def _publish(run: _Run, entry) -> None:
 
 
 def manifest_data(d: Path) -> dict:
-    """The data counts of a cycle's manifest: the split, the prompts, the samples, and the logged
-    completions each team bundle gave (`log_bundles`: {bundle id: completions})."""
+    """The data counts of a cycle's manifest: the split, the prompts, the samples, the mix (its weights
+    and examples per source), and the logged completions each team bundle gave (`log_bundles`)."""
     split = json.loads((d / "split.json").read_text())
     samples = d / "sample_stats.json"
+    train = d / "train.json"
     return {"split": split, "prompts": len(read_jsonl(d / "prompts.jsonl", Prompt)),
             "samples": json.loads(samples.read_text()) if samples.exists() else None,
+            "mix": json.loads(train.read_text()).get("mix") if train.exists() else None,
             "log_bundles": split.get("log_bundles", {})}
 
 
@@ -402,7 +431,7 @@ CANDIDATE = "candidate-{quantization}.gguf"
 STAGES: tuple[Stage, ...] = (
     Stage("split", _split, ("validation.jsonl", "test.jsonl", "split.json")),
     Stage("harvest", _harvest, ("prompts.jsonl",), resume_from="split"),
-    Stage("sample", _sample, ("samples.jsonl", "sample_stats.json")),
+    Stage("sample", _sample, ("samples.jsonl", "targets.jsonl", "sample_stats.json")),
     Stage("train", _train, ("train.json", "train/merged", "train/adapter")),
     Stage("export", _export, (CANDIDATE, "export.json")),
     Stage("evaluate", _evaluate, ("report.json", "report.txt", "report.png")),
@@ -411,18 +440,6 @@ STAGES: tuple[Stage, ...] = (
 def unseen(items: list[EvalItem], seen: TrainText) -> list[EvalItem]:
     """The evaluation items whose target is not in `seen` (text that training learns verbatim)."""
     return [it for it in items if it.target not in seen]
-
-
-def training_examples(samples: list[Sample], prompts: list[Prompt], repo_name: str = "") -> list[TrainExample]:
-    """What the LoRA learns from: the model's own samples, raw (weight 1), and each completion a user
-    accepted, as far as it was accepted, weighted by how much of it they kept (`logged_prompt`): an
-    own sample, verified."""
-    examples = [TrainExample(s.prefix, s.suffix, s.completion, s.weight, s.path, s.language, s.snippets, s.repo_name)
-                for s in samples]
-    # A logged prompt keeps the served windows and snippets as they were (the log stores them).
-    examples += [TrainExample(p.prefix, p.suffix, p.reference, p.weight, p.path, p.language, p.snippets, repo_name)
-                 for p in prompts if p.source == "log" and p.reference.strip()]
-    return examples
 
 
 def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
@@ -469,7 +486,7 @@ def load_config(path: Path | None, overrides: list[str], exclude: list[str] = ()
                                harvest=dataclasses.replace(cfg.harvest, files=files))
 
 
-_SECTIONS = ("prompt", "split", "harvest", "sample", "train", "eval")
+_SECTIONS = ("prompt", "split", "harvest", "sample", "mix", "train", "eval")
 
 
 # --- CLI entry points ---------------------------------------------------------------------------------

@@ -166,3 +166,36 @@ def sample(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleC
         if own_engine:
             engine.close()
     return stats
+
+
+def repository_targets(model_path: Path, prompts: list[Prompt], out_path: Path, cfg: SampleConfig = SampleConfig(), *,
+                       engine: InProcessEngine | None = None, prompt: PromptSettings = PromptSettings(),
+                       repo_name: str = "", retriever=None) -> int:
+    """The repository's own answer at each repository prompt (the hole's real middle, the real next
+    line), laid out exactly as `sample` lays out that prompt (windows, snippets, repository name), as
+    Sample records (stop_reason "target"). Written at once to `out_path`; returns how many."""
+    import os
+
+    from .records import write_jsonl
+
+    points = [p for p in prompts if p.source == "repo" and p.reference.strip()]
+    own_engine = engine is None
+    if engine is None:
+        engine = InProcessEngine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or (os.cpu_count() or 1), n_gpu_layers=-1)
+        engine.load(ResolvedModel(Path(model_path), Path(model_path).stem, Path(model_path).stem, "flag"))
+    try:
+        path = CompletionPath(engine.model.fim, engine.count_tokens, prompt, cfg, repo_name=repo_name,
+                              retriever=retriever)
+        records = []
+        for point in points:
+            ctx = path.context(position_of(point.prefix, point.suffix, path=point.path, language=point.language,
+                                           snippets=point.snippets))
+            if not ctx.prefix.strip() and not ctx.suffix.strip():
+                continue  # nothing to condition on (the start of a file)
+            records.append(Sample(point.id, 0, point.path, point.language, ctx.prefix, ctx.suffix, point.reference,
+                                  point.weight, 0, "target", point.source, "", 0, ctx.snippets, ctx.repo_name))
+    finally:
+        if own_engine:
+            engine.close()
+    write_jsonl(out_path, records)
+    return len(records)

@@ -20,6 +20,7 @@ def sections() -> list[tuple[str, object, tuple[str, ...]]]:
     from distill.cycle import CycleConfig, _SECTIONS
     from distill.evaluate import EvalConfig
     from distill.harvest import FileFilter, HarvestConfig
+    from distill.mix import MixConfig
     from distill.sample import SampleConfig
     from distill.split import SplitConfig
     from distill.train import TrainConfig
@@ -30,9 +31,9 @@ def sections() -> list[tuple[str, object, tuple[str, ...]]]:
         # [prompt]'s keys are ServeConfig fields too (serving reads [prompt]); they are listed once, there.
         ("serve", ServeConfig(n_threads=0), _FLAGS_ONLY + tuple(f.name for f in dataclasses.fields(PromptSettings))),
         ("prompt", PromptSettings(), ()),
-        ("cycle", CycleConfig(), _SECTIONS + ("split", "harvest", "sample", "train", "eval")),
+        ("cycle", CycleConfig(), _SECTIONS + ("split", "harvest", "sample", "mix", "train", "eval")),
         ("files", FileFilter(), ()), ("split", SplitConfig(), ("files",)), ("harvest", HarvestConfig(), ("files",)),
-        ("sample", SampleConfig(), ()), ("train", TrainConfig(), ()), ("eval", EvalConfig(), ()),
+        ("sample", SampleConfig(), ()), ("mix", MixConfig(), ()), ("train", TrainConfig(), ()), ("eval", EvalConfig(), ()),
         ("registry", RegistrySettings(), ()),
     ]
 

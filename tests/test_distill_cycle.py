@@ -15,22 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.fixture_repo import GITHUB_TOKEN, NEVER_READ_MARKERS, PLANTED_SECRETS, make_fixture_repo
+from tests.fixtures.cycle_settings import distill_args
 from tests.lsp_support import inline, open_doc, start, status
 
 pytestmark = [pytest.mark.slow]
-
-# Small but real: every stage runs on real data and real models.
-SETTINGS = [
-    "cycle.max_prompts=24", "cycle.max_eval_items=16",
-    "sample.n_per_prompt=1", "sample.max_new_tokens=24", "sample.max_new_tokens_line=16",
-    "train.max_steps=4", "train.micro_batch_size=2", "train.grad_accum_steps=2", "train.checkpoint_every_steps=1",
-    "train.max_seq_tokens=512", "train.max_completion_tokens=64",
-    "eval.t_eval_grid=[0.0, 0.6]", "eval.perplexity=true",
-    # The gate's decision on 16 items of a tiny model is noise; these tests check the mechanism, so
-    # the margin admits any candidate that is not broken (guards still apply).
-    "eval.margin=-1.0", "eval.guard_exact_match_drop=1.0", "eval.guard_perplexity_rise=100.0",
-    "eval.min_items=1", "eval.min_es_gain=-1.0", "eval.humaneval_tasks=0",
-]
 
 
 def _env(home: Path) -> dict:
@@ -38,10 +26,7 @@ def _env(home: Path) -> dict:
 
 
 def _distill(repo: Path, home: Path, *extra: str, **kw) -> subprocess.Popen:
-    args = [sys.executable, "-m", "strop", "distill", "--once", "--repo", str(repo)]
-    for s in SETTINGS:
-        args += ["--set", s]
-    return subprocess.Popen(args + list(extra), env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(distill_args(repo) + list(extra), env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kw)
 
 
@@ -105,7 +90,7 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
         open_doc(c, uri, "import os\n\ndef main():\n    path = os.path.join(\n")
         assert (await inline(c, uri, 3, len("    path = os.path.join("))) is not None
 
-        proc = await asyncio.to_thread(lambda: _distill(repo, home))
+        proc = await asyncio.to_thread(lambda: _distill(repo, home, "--set", "mix.repository=0.5"))
         errors, answered = [], 0
         deadline = time.monotonic() + 900
         swapped = None
@@ -138,6 +123,10 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     m = entry.manifest
     assert m["parent"] == base_version and m["source"] == "distill"
     assert m["data"]["samples"]["kept"] > 0 and m["decoding"]["temperature"] in (0.0, 0.6)
+    mix = m["data"]["mix"]  # all three sources on, each recorded with its weight and its examples
+    assert mix["weights"] == {"ssd": 1.0, "repository": 0.5, "log": 1.0}
+    assert mix["examples"]["repository"] > 0 and mix["examples"]["log"] == 1
+    assert mix["examples"]["ssd"] == m["data"]["samples"]["kept"]
     assert {"exact_match", "edit_similarity", "perplexity"} <= set(m["metrics"]["candidate"])
     for name in ("report.json", "report.txt", "report.png"):
         assert (Path(entry.path) / name).stat().st_size > 0
@@ -156,7 +145,7 @@ def test_full_cycle_promotes_and_running_server_swaps(setup, tiny_fim_model):
     cycle_dir = max((home / "distill" / key).glob("cycle-*"))
     outputs = [p for p in [*cycle_dir.rglob("*"), *Path(entry.path).iterdir()]
                if p.is_file() and p.suffix in (".jsonl", ".json", ".txt")]
-    assert {p.name for p in outputs} >= {"prompts.jsonl", "samples.jsonl", "test.jsonl", "manifest.json"}
+    assert {p.name for p in outputs} >= {"prompts.jsonl", "samples.jsonl", "targets.jsonl", "test.jsonl", "manifest.json"}
     for p in outputs:
         text = p.read_text(errors="replace")
         for planted in (*PLANTED_SECRETS, *NEVER_READ_MARKERS.values()):

@@ -49,11 +49,11 @@ def _tokenizer(where: str):
 async def test_served_sampled_trained_and_evaluated_prompts_are_the_same_tokens(model, tmp_path, monkeypatch):
     from core.context import OtherDocument
     from core.decode import InProcessEngine
-    from distill.cycle import training_examples
+    from distill.mix import MixConfig, training_examples
     from distill.evaluate import EvalConfig, Evaluator
     from distill.harvest import HarvestConfig, logged_prompt
-    from distill.records import EvalItem, LoggedContext
-    from distill.sample import Sample, SampleConfig, dropped_path, sample
+    from distill.records import EvalItem, LoggedContext, Prompt
+    from distill.sample import Sample, SampleConfig, dropped_path, repository_targets, sample
     from distill.records import read_jsonl
     from distill.tokenize import IGNORE_INDEX, encode_example
     from distill.train import TrainConfig
@@ -101,10 +101,20 @@ async def test_served_sampled_trained_and_evaluated_prompts_are_the_same_tokens(
     assert record.n_prompt_tokens == len(served)
     assert [Snippet(*s) for s in record.snippets] == list(ctx.snippets) and record.repo_name == REPO_NAME
 
-    # Trained: the training ids of that sample (and of the accepted completion) start with the served ids.
+    # A repository target at the same position (the real code there) is laid out as the sample is.
+    hole = Prompt("r1", "fim_line" if fmt else "next_line", req.path, req.language, ctx.prefix, ctx.suffix,
+                  "sum(entry.amount for entry in ledger)", snippets=tuple(dataclasses.asdict(s) for s in ctx.snippets))
+    targets_out = tmp_path / "targets.jsonl"
+    assert repository_targets(Path(gguf), [hole], targets_out, SampleConfig(n_threads=2), repo_name=REPO_NAME) == 1
+    targets = read_jsonl(targets_out, Sample)
+
+    # Trained: the training ids of that sample, of the repository target and of the accepted
+    # completion all start with the served ids.
     tokenizer = _tokenizer(tok_source)
-    examples = training_examples([record], [prompt], REPO_NAME)
-    assert len(examples) == 2
+    mixed = training_examples([record], [prompt], REPO_NAME, MixConfig(repository=1.0), targets)
+    examples = mixed.examples
+    assert mixed.counts == {"ssd": 1, "repository": 1, "log": 1}
+    assert [e.completion for e in examples][1] == "sum(entry.amount for entry in ledger)"
     for ex in examples:
         enc = encode_example(tokenizer, fmt, ex, max_prompt_tokens=TrainConfig().max_seq_tokens - 256,
                              max_completion_tokens=256)

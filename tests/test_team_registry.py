@@ -1,6 +1,7 @@
 """The team registry: versions published into a directory that a real `python -m http.server` serves,
-followed by two real `strop serve` processes (each its own STROP_HOME) that fetch, verify and hot-swap;
-a corrupted published GGUF is refused and the old model keeps serving."""
+followed by two real `strop serve` processes (each its own STROP_HOME) that fetch, verify and hot-swap
+to the version a real `strop distill` run promoted and published; a corrupted published GGUF is
+refused and the old model keeps serving."""
 
 from __future__ import annotations
 
@@ -117,13 +118,31 @@ async def _serve_registry_model(home: Path, repo: Path, url: str):
     return c
 
 
-def test_two_servers_follow_the_team_registry_and_refuse_a_corrupt_version(
-        tmp_path, http_registry, publisher, fixture_repo_dir, tiny_fim_model):
+def _strop(home: Path, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "strop", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "STROP_HOME": str(home), "TQDM_DISABLE": "1", **env})
+
+
+def test_two_servers_follow_what_a_distill_run_publishes_and_refuse_a_corrupt_version(
+        tmp_path, http_registry, tiny_fim_model):
+    """The nightly job's machine (its own STROP_HOME) imports the base and publishes it; two laptops
+    follow the registry over HTTP; `strop distill --once` with `[registry] publish` promotes a new
+    version and publishes it; both laptops hot-swap to it. A corrupt version published after it is
+    refused and v2 keeps serving."""
+    from distill.registry import Registry
+    from tests.fixtures.cycle_settings import distill_args
+    from tests.fixtures.fixture_repo import make_fixture_repo
+
     shared, url = http_registry
-    registry, key = publisher
-    repo = fixture_repo_dir
-    v1 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8")
-    TeamRegistry(str(shared), key).publish(v1)
+    repo = make_fixture_repo(tmp_path / "repo")
+    key = repo_key(repo)
+    nightly = tmp_path / "nightly"
+    out = _strop(nightly, "models", "import", str(tiny_fim_model.gguf_q8), "--name", "tiny-q8", "--repo", str(repo),
+                 "--promote")
+    assert out.returncode == 0, out.stderr
+    out = _strop(nightly, "models", "publish", "--to", str(shared), "--repo", str(repo))
+    assert out.returncode == 0, out.stderr
+    v1 = RegistryReader(nightly / "registry").promoted_version(key)
     homes = [tmp_path / "alice", tmp_path / "bob"]
     for home in homes:  # each laptop fetched v1 once (as `strop serve` would at its first poll)
         TeamRegistry(url, key, RegistryReader(home / "registry")).fetch()
@@ -133,28 +152,34 @@ def test_two_servers_follow_the_team_registry_and_refuse_a_corrupt_version(
         try:
             for c in clients:
                 st = await lsp_support.wait_ready(c)
-                assert st["modelVersion"] == v1.version, st
-            v2 = _register(registry, key, Path(tiny_fim_model.gguf_f32), "tiny-f32")
-            TeamRegistry(shared.as_uri(), key).publish(v2)  # the nightly job's publish + promote
+                assert st["modelVersion"] == v1, st
+            run = await asyncio.to_thread(lambda: subprocess.run(
+                distill_args(repo), capture_output=True, text=True, timeout=900,
+                env={**os.environ, "STROP_HOME": str(nightly), "TQDM_DISABLE": "1",
+                     "STROP_REGISTRY_URL": str(shared), "STROP_REGISTRY_PUBLISH": "true"}))
+            assert run.returncode == 0, run.stdout + run.stderr
+            v2 = RegistryReader(nightly / "registry").promoted_version(key)
+            assert v2 != v1 and f"published {v2} to the team registry" in run.stdout + run.stderr
             for c in clients:
-                st = await lsp_support.until_status(c, lambda s: s.get("modelVersion") == v2.version, 120)
-                assert st["model"] == "tiny-f32"
+                st = await lsp_support.until_status(c, lambda s: s.get("modelVersion") == v2, 120)
+                assert st["model"].endswith("-distilled"), st
+            promoted_bytes = RegistryReader(nightly / "registry").get(key, v2).gguf.read_bytes()
             for home in homes:
-                assert RegistryReader(home / "registry").get(key, v2.version).gguf.read_bytes() == \
-                    Path(tiny_fim_model.gguf_f32).read_bytes()
+                assert RegistryReader(home / "registry").get(key, v2).gguf.read_bytes() == promoted_bytes
 
-            v3 = _register(registry, key, Path(tiny_fim_model.gguf_q8), "tiny-q8-again")
+            registry = Registry(nightly / "registry")
+            v3 = registry.add_version(key, Path(tiny_fim_model.gguf_f32), {"source": "import", "name": "tiny-f32"})
             gguf = TeamRegistry(str(shared), key).publish(v3, promote=False) / GGUF_NAME
             gguf.write_bytes(gguf.read_bytes()[:-4096])  # truncated after the manifest was written
             TeamRegistry(str(shared), key).promote_shared(v3.version)
             for c in clients:
                 st = await lsp_support.until_status(c, lambda s: "corrupt or incomplete" in (s.get("message") or ""), 60)
-                assert st["modelVersion"] == v2.version and v3.version in st["message"]
+                assert st["modelVersion"] == v2 and v3.version in st["message"]
             await asyncio.sleep(1.5)  # a few more polls: still refused, still serving v2
             for c, home in zip(clients, homes):
                 st = await lsp_support.status(c)
-                assert st["modelVersion"] == v2.version and st["state"] != "error"
-                assert RegistryReader(home / "registry").promoted_version(key) == v2.version
+                assert st["modelVersion"] == v2 and st["state"] != "error"
+                assert RegistryReader(home / "registry").promoted_version(key) == v2
                 assert v3.version not in RegistryReader(home / "registry").version_names(key)
         finally:
             for c in clients:
