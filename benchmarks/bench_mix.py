@@ -163,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     control_path = requantised_control(model, cfg.quantization, work / f"base-{cfg.quantization.lower()}.gguf")
     control = score(control_path, test, cfg, **prompt)
     result["in_service"] = {k: summary(v) for k, v in base.items()}
-    result["control_requantised"] = {"test": summary(control), "gate_vs_in_service": decide(base["test"], control).to_json()}
 
-    def gate_json(cand) -> dict:
-        g = decide(base["test"], cand).to_json()
-        return {k: g[k] for k in ("promote", "reasons", "es_gain", "es_ci", "em_gain", "em_ci", "n")}
+    def gate_json(cand, against=None) -> dict:
+        """The gate's paired bootstrap on the test slice (as the cycle decides, without its guards)."""
+        g = decide((against or base["test"]).per_item, cand.per_item, min_items=cfg.eval.min_items,
+                   available_items=len(test), min_es_gain=cfg.eval.min_es_gain).to_json()
+        return {k: g[k] for k in ("promote", "reasons", "es_gain", "es_ci", "em_gain", "em_ci", "n_items")}
+
+    result["control_requantised"] = {"test": summary(control), "gate_vs_in_service": gate_json(control)}
 
     for name in args.arms.split(","):
         mix = MixConfig(**ARMS[name])
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         val_scores = score(candidate, validation, cfg, **prompt)
         test_scores = score(candidate, test, cfg, **prompt)
         arm.update(validation=summary(val_scores), test=summary(test_scores), gate_vs_in_service=gate_json(test_scores),
-                   gate_vs_control=decide(control, test_scores).to_json()["reasons"][:2])
+                   gate_vs_control=gate_json(test_scores, control))
         result["arms"][name] = arm
         print(f"{name}: validation ES {arm['validation']['edit_similarity']} (in service "
               f"{result['in_service']['validation']['edit_similarity']}), test ES {arm['test']['edit_similarity']}; "

@@ -42,7 +42,7 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
     from core.llama_model import load_model
     from core.metrics import edit_similarity
     from core.models import ResolvedModel
-    from distill.evaluate import _comparable
+    from distill.evaluate import comparable
 
     loaded = load_model(ResolvedModel(model, model.stem, model.stem, "flag"), n_ctx=4096, n_threads=n_threads,
                         n_gpu_layers=0)
@@ -68,7 +68,7 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 text += llm.detokenize([tok]).decode("utf-8", "ignore")
                 if "\n" in text.lstrip("\n"):
                     break
-            pred, target = _comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
+            pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
             out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target)})
     finally:
         llm.close()

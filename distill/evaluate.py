@@ -49,7 +49,7 @@ class EvalConfig:
     perplexity: bool = True
 
 
-def _comparable(item: EvalItem, prediction: str) -> tuple[str, str]:
+def comparable(item: EvalItem, prediction: str) -> tuple[str, str]:
     """What is compared: the first line for line items, the whole block for block items."""
     if item.kind == "fim_block":
         return prediction.strip(), item.target.strip()
@@ -135,7 +135,7 @@ class Evaluator:
         per_item = []
         for item in tqdm(items, desc=f"eval {self.path.name} T={temperature}", disable=not progress,
                          dynamic_ncols=True):
-            pred, target = _comparable(item, self.predict(item, temperature))
+            pred, target = comparable(item, self.predict(item, temperature))
             hit, sim = float(pred == target), edit_similarity(pred, target)
             em += hit
             es += sim

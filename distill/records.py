@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import TypeVar
 
 from core.errors import StropError
 from core.fim import snippet_pairs
+
+from .atomic import atomic_output
 
 PROMPT_KINDS = frozenset({"fim_line", "fim_block", "fim_span", "next_line", "next_block", "logged"})
 EVAL_KINDS = frozenset({"next_line", "fim_line", "fim_block"})
@@ -112,22 +113,13 @@ def _line(record: object) -> bytes:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[object]) -> int:
-    """Replace `path` with `records`, one JSON object per line (atomically). Returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace `path` with `records`, one JSON object per line (atomically: distill/atomic.py).
+    Returns the count."""
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for record in records:
-                f.write(_line(record))
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        for record in records:
+            f.write(_line(record))
+            count += 1
     return count
 
 

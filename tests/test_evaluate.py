@@ -1,7 +1,7 @@
 import pytest
 
 from core.metrics import edit_similarity
-from distill.evaluate import EvalConfig, Scores, _comparable, gate, pick_temperature
+from distill.evaluate import EvalConfig, Scores, comparable, gate, pick_temperature
 from distill.records import EvalItem
 
 
@@ -21,9 +21,9 @@ def test_edit_similarity_bounds():
 
 def test_line_items_compare_first_line_block_items_whole():
     line = EvalItem("1", "next_line", "a.py", "python", "x = 1\n", "", "y = 2")
-    assert _comparable(line, "y = 2\nz = 3") == ("y = 2", "y = 2")
+    assert comparable(line, "y = 2\nz = 3") == ("y = 2", "y = 2")
     block = EvalItem("2", "fim_block", "a.py", "python", "def f():\n", "\n", "    a = 1\n    return a")
-    assert _comparable(block, "    a = 1\n    return a\n") == ("a = 1\n    return a", "a = 1\n    return a")
+    assert comparable(block, "    a = 1\n    return a\n") == ("a = 1\n    return a", "a = 1\n    return a")
 
 
 def _scores(es: list[float], em: list[float], ppl: float = 3.0) -> Scores:
