@@ -44,7 +44,7 @@ Retrieve = Callable[[str, str, int], Sequence[Snippet]]
 class GenerationLimits(Protocol):
     max_new_tokens: int  # multi-line completions
     max_new_tokens_line: int  # single-line completions
-    time_cap_ms: int  # from the first token: an unfinished suggestion is given up
+    time_cap_ms: int  # from the first token: an unfinished suggestion is given up (0: no time cap)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, samplin
     return Job(
         key=key, pieces=ctx.pieces, max_tokens=limits.max_new_tokens if multiline else limits.max_new_tokens_line,
         single_line=not multiline, sampling=sampling, block_head=ctx.line_head if multiline else None,
-        predict_soft_ms=soft if soft and soft > 0 else None, predict_hard_ms=limits.time_cap_ms,
+        predict_soft_ms=soft if soft and soft > 0 else None, predict_hard_ms=limits.time_cap_ms if limits.time_cap_ms > 0 else None,
         heal=bool(getattr(limits, "heal", False)), speculative=bool(getattr(limits, "speculative", False)),
     )
 

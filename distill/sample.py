@@ -34,7 +34,7 @@ class SampleConfig:
     n_per_prompt: int = 1
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
-    time_cap_ms: int = 10_000
+    time_cap_ms: int = 0  # 0: none; samples stop on the token limits, never on the machine's speed
     seed: int = 0
     n_ctx: int = 4096  # the [prompt] budget plus the completion
     n_threads: int = 0  # 0: all cores

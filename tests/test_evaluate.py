@@ -57,3 +57,19 @@ def test_gate_is_the_paired_bootstrap_with_perplexity_as_a_guard(cand, promote, 
 ])
 def test_pick_temperature_needs_the_margin_to_leave_a_lower_one(curve, margin, expected):
     assert pick_temperature(curve, margin) == expected
+
+
+def test_offline_scores_and_samples_never_depend_on_the_machines_speed():
+    """Evaluation and sampling stop on token limits only (a busy machine must not change a score or
+    the gate's decision); serving keeps its time cap."""
+    from core import context
+    from core.completion import make_job
+    from core.decode import Sampling
+    from distill.sample import SampleConfig
+    from server.config import ServeConfig
+
+    ctx = context.build("def f():\n    return ", len("def f():\n    return "), fmt=None, count=len)
+    for limits in (EvalConfig(), SampleConfig()):
+        job = make_job(ctx, key="k", limits=limits, sampling=Sampling())
+        assert job.predict_hard_ms is None and job.predict_soft_ms is None
+    assert make_job(ctx, key="k", limits=ServeConfig(), sampling=Sampling()).predict_hard_ms == ServeConfig().time_cap_ms
