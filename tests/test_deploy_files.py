@@ -21,7 +21,7 @@ from server.config import ServeConfig
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 EXAMPLE = DEPLOY / "config.example.toml"
-DISTILL_SECTIONS = ("cycle", "files", "prompt", "split", "harvest", "sample", "train", "eval")
+DISTILL_SECTIONS = ("cycle", "files", "prompt", "split", "harvest", "sample", "mix", "train", "eval")
 COMMENTED_KEY = re.compile(r"^# (\w+ = .*)$")
 
 
