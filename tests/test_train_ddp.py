@@ -140,8 +140,10 @@ def test_kill_9_of_the_launcher_kills_the_workers_and_resumes(tiny_fim_model, ex
         time.sleep(0.02)
     workers = _descendants(proc.pid) or workers
     assert len(workers) >= 3  # torchrun and its two workers
+    for pid in workers:  # frozen where they are: the tiny model's steps take milliseconds, so on a
+        os.kill(pid, signal.SIGSTOP)  # busy machine the run could otherwise finish before the kill
     time.sleep(random.Random().uniform(0, 0.2))
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # the death chain kills stopped processes too
     assert proc.wait() == -signal.SIGKILL
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in workers):
