@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -45,6 +46,8 @@ from core.code_tokens import TOKENIZER_VERSION, code_tokens
 from core.errors import StropError
 from core.paths import strop_home
 from core.repo_files import FileRules, blob_sha, relative_path, tracked_files
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
 
 WINDOW_LINES = 20
 STRIDE_LINES = 10

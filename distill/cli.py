@@ -13,6 +13,7 @@ def configure_logging() -> None:
     """Progress messages (the `strop.distill` logger) as `strop distill: ...` lines on stderr;
     other libraries' records at INFO and above as `LEVEL name: message`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines repeat what the export's progress bar says
     progress = logging.getLogger(PROGRESS_LOGGER)
     if not progress.handlers:
         handler = logging.StreamHandler(sys.stderr)

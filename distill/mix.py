@@ -25,7 +25,7 @@ SOURCES = ("ssd", "repository", "log")
 @dataclass(frozen=True)
 class MixConfig:
     ssd: float = 1.0
-    repository: float = 0.0
+    repository: float = 1.0  # on: benchmarks/results/mix-httpx-*.json (README, Benchmarks)
     log: float = 1.0
 
     def __post_init__(self) -> None:

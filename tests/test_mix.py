@@ -31,7 +31,7 @@ def _records():
 
 
 @pytest.mark.parametrize("mix, expected", [
-    (MixConfig(), {"foo(1)": 1.0, "load(path)": 2.0}),  # the default: SSD + log, no repository targets
+    (MixConfig(), {"foo(1)": 1.0, "compute(1)": 1.0, "load(path)": 2.0}),  # the default: all three on
     (MixConfig(ssd=1, repository=0.5, log=1), {"foo(1)": 1.0, "compute(1)": 0.5, "load(path)": 2.0}),
     (MixConfig(ssd=0, repository=1, log=0), {"compute(1)": 1.0}),
     (MixConfig(ssd=2, repository=0, log=0), {"foo(1)": 2.0}),

@@ -1,6 +1,7 @@
 """core.retrieval and server.index_service on a real git repository made of httpx's code."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -72,6 +73,13 @@ def test_an_identifier_defined_elsewhere_finds_its_definition(repo: Path):
     assert "".join(lines[top.start_line:top.end_line]) == top.text
     top = index.query("reason = codes.get_reason_phrase(response.status_code)", 1)[0]
     assert top.path == "httpx/_status_codes.py" and "def get_reason_phrase" in top.text
+
+
+def test_building_an_index_writes_no_library_debug_lines(repo: Path, caplog):
+    # bm25s sets its logger to DEBUG on import: `strop distill` printed "DEBUG bm25s: Building index"
+    with caplog.at_level(logging.DEBUG):
+        RepoIndex.build(repo).query("url parse", k=2)
+    assert [r for r in caplog.records if r.name.startswith("bm25s") and r.levelno < logging.WARNING] == []
 
 
 def test_results_do_not_overlap_and_exclusions_hold(repo: Path):

@@ -158,6 +158,9 @@ def test_two_servers_follow_what_a_distill_run_publishes_and_refuse_a_corrupt_ve
                 env={**os.environ, "STROP_HOME": str(nightly), "TQDM_DISABLE": "1",
                      "STROP_REGISTRY_URL": str(shared), "STROP_REGISTRY_PUBLISH": "true"}))
             assert run.returncode == 0, run.stdout + run.stderr
+            noise = [line for line in (run.stdout + run.stderr).splitlines()  # progress only, no libraries' chatter
+                     if line.startswith(("DEBUG ", "INFO gguf")) or "FutureWarning" in line]
+            assert noise == [], noise
             v2 = RegistryReader(nightly / "registry").promoted_version(key)
             assert v2 != v1 and f"published {v2} to the team registry" in run.stdout + run.stderr
             for c in clients:
