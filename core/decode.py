@@ -198,10 +198,9 @@ class Decoder:
         while len(self.saved) > self.slots - 1:
             self.saved.popitem(last=False)
 
-    def _restore(self, sid: int) -> None:
+    def _restore(self, saved: _Saved) -> None:
         import llama_cpp
 
-        saved = self.saved.pop(sid)
         self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         buf = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
         if llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, buf, len(saved.data), 0) != len(saved.data):
@@ -220,8 +219,9 @@ class Decoder:
             if n > best:
                 best_sid, best = sid, n
         if best_sid is not None and best > live + 32:
+            chosen = self.saved.pop(best_sid)  # first: saving the live state may evict or drop it
             self._save_current()
-            self._restore(best_sid)
+            self._restore(chosen)
         elif live < len(cur) // 2:
             self._save_current()  # about to be overwritten: keep it for a switch back
 
