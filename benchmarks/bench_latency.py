@@ -744,7 +744,8 @@ def main() -> int:
         "server": {"ready_s": server["ready_s"], "config_defaults": {
             k: v for k, v in vars(ServeConfig()).items() if isinstance(v, (int, float, str, bool))},
             "sent": server["sent"], "messages": server["messages"], "shutdown_failed": server["stop_failed"],
-            "status_end": {k: server["status_end"].get(k) for k in ("state", "modelCalls", "warmups", "message")},
+            "status_end": {k: server["status_end"].get(k) for k in ("state", "modelCalls", "warmups", "message",
+                                                                   "droppedIncomplete", "unanswered")},
             "log_lacks": lacks},
         "positions": {name: [p.describe() for p in g] for name, g in groups.items()},
         "summary": summary,

@@ -16,7 +16,7 @@ similarity of the first line:
 - `served+retrieval`: the same with the repository index (`[prompt] retrieval_k`).
 
 Paired 95 % bootstrap intervals (distill/gate.py) for served − raw and retrieval − served.
-Results: benchmarks/results/retrieval-quality-<model>.json.
+Results: benchmarks/results/retrieval-quality-<repository>-<model>.json.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 if "\n" in text.lstrip("\n"):
                     break
             pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
-            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target)})
+            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
+                        "prediction": pred})
     finally:
         llm.close()
     return out
@@ -147,7 +148,8 @@ def main() -> int:
         "note": "first-line exact match / edit similarity, greedy; intervals: paired bootstrap 95 % (points)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"retrieval-quality-{model.stem}.json"
+    repo_short = args.repo.parent.name.split("+")[-1] if args.repo.name == "repo" else args.repo.stem
+    out = RESULTS / f"retrieval-quality-{repo_short}-{model.stem}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

@@ -85,6 +85,11 @@ class Generates(Protocol):
     def generate(self, model, job: Job) -> Generation | None: ...
 
 
+def enclosing_of(ctx: ctxmod.Context) -> int:
+    """Brackets left open before the cursor's line, read from the prompt's prefix window."""
+    return postprocess.enclosing_depth(ctx.prefix[: len(ctx.prefix) - len(ctx.line_head)])
+
+
 def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, sampling: Sampling,
              multiline: bool | None = None) -> Job:
     """The engine job for a context: one line when the cursor is mid-line, else a block that stops
@@ -95,6 +100,7 @@ def make_job(ctx: ctxmod.Context, *, key: str, limits: GenerationLimits, samplin
     return Job(
         key=key, pieces=ctx.pieces, max_tokens=limits.max_new_tokens if multiline else limits.max_new_tokens_line,
         single_line=not multiline, sampling=sampling, block_head=ctx.line_head if multiline else None,
+        block_enclosing=enclosing_of(ctx) if multiline else 0,
         predict_soft_ms=soft if soft and soft > 0 else None, predict_hard_ms=limits.time_cap_ms if limits.time_cap_ms > 0 else None,
         heal=bool(getattr(limits, "heal", False)), speculative=bool(getattr(limits, "speculative", False)),
     )
@@ -109,7 +115,7 @@ def clean_generation(gen: Generation, ctx: ctxmod.Context, suffix: str, multilin
     cleaned = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
                                 multiline=multiline, truncated=truncated)
     if truncated:
-        whole = postprocess.whole_statements(cleaned.text, ctx.line_head)
+        whole = postprocess.whole_statements(cleaned.text, ctx.line_head, enclosing_of(ctx))
         if whole != cleaned.text:
             return postprocess.Cleaned(whole, cleaned.rules + ("incomplete_statement",))
     return cleaned

@@ -58,6 +58,7 @@ class Job:
     single_line: bool
     sampling: Sampling = Sampling()
     block_head: str | None = None  # multi-line: the cursor line's typed part, for the block-end rule
+    block_enclosing: int = 0  # multi-line: brackets open before the cursor's line (a whole element ends a unit)
     predict_soft_ms: float | None = None  # past this (from the first token), stop at the next whole line
     predict_hard_ms: float | None = None  # past this, give up: the result is marked incomplete
     prompt_deadline_ms: float | None = None  # evaluating the prompt longer than this answers nothing
@@ -121,7 +122,7 @@ def stop_rule(job: Job, text: str, newline: bool, n_tokens: int, since_first_ms:
         if job.block_head is not None and postprocess.generation_done(text, job.block_head):
             return "block"
         if (job.predict_soft_ms is not None and since_first_ms >= job.predict_soft_ms
-                and postprocess.statement_complete(text[: text.rfind("\n")], job.block_head or "")):
+                and postprocess.statement_complete(text[: text.rfind("\n")], job.block_head or "", job.block_enclosing)):
             return "soft_time"
     if n_tokens >= job.max_tokens:
         return "max_tokens"
@@ -252,7 +253,10 @@ class Decoder:
         for i in range(0, len(todo), PROMPT_CHUNK):
             if abort():
                 return None
-            if job.prompt_deadline_ms is not None and (time.perf_counter() - t0) * 1000 > job.prompt_deadline_ms:
+            # Checked between chunks, never before the first: what was evaluated stays in the KV cache
+            # for the next keystroke (and a descheduled thread cannot give up having done nothing).
+            if (i > 0 and job.prompt_deadline_ms is not None
+                    and (time.perf_counter() - t0) * 1000 > job.prompt_deadline_ms):
                 return Generation("", (), len(tokens), reused, (time.perf_counter() - t0) * 1000, 0.0,
                                   "prompt_time", model.resolved.version)
             llm.eval(todo[i:i + PROMPT_CHUNK])

@@ -201,23 +201,35 @@ def bracket_depth(text: str) -> int:
 CONTINUATION_ENDINGS = ("\\", ",", "+", "-", "*", "/", "=", "&&", "||", " and", " or", ".")
 
 
-def statement_complete(text: str, line_head: str) -> bool:
+def enclosing_depth(before_line: str) -> int:
+    """Brackets the text before the cursor's line leaves open: > 0 when the cursor is inside a list,
+    dict, call or argument list that an earlier line opened (the same cheap reading)."""
+    return max(0, bracket_depth(before_line))
+
+
+def statement_complete(text: str, line_head: str, enclosing: int = 0) -> bool:
     """Does `text` (written after `line_head`) end on a whole statement: at least one whole line, its
-    brackets closed, and no line continuation at its end?"""
+    brackets closed, and no line continuation at its end? Inside brackets an earlier line opened
+    (`enclosing` > 0), a whole element (a line ending in `,` with its own brackets closed) counts too:
+    the statement around it may run for many lines more."""
     if not text.strip():
         return False
-    if bracket_depth(line_head + text) > 0:
-        return False
+    depth = bracket_depth(line_head + text)
     last = text.rstrip().rsplit("\n", 1)[-1].rstrip()
+    if enclosing > 0 and depth == 0 and last.endswith(","):
+        return True
+    if depth > 0:
+        return False
     return not last.endswith(CONTINUATION_ENDINGS)
 
 
-def whole_statements(text: str, line_head: str) -> str:
-    """The longest run of whole lines from the start of `text` that ends on a whole statement, or ""."""
+def whole_statements(text: str, line_head: str, enclosing: int = 0) -> str:
+    """The longest run of whole lines from the start of `text` that ends on a whole statement (or,
+    inside brackets, a whole element), or ""."""
     lines = text.split("\n")
     for end in range(len(lines), 0, -1):
         head = "\n".join(lines[:end])
-        if statement_complete(head, line_head):
+        if statement_complete(head, line_head, enclosing):
             return head
     return ""
 

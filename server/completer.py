@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from core import context as ctxmod
@@ -87,6 +88,8 @@ class Completer:
         self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
         self.dropped_incomplete = 0  # generations a cap stopped before a whole line/statement (not shown)
+        # Why requests got no suggestion: refused | no_model | superseded | cut_by_cap | emptied (by hygiene)
+        self.unanswered: Counter[str] = Counter()
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
     def _count(self, text: str) -> int:
@@ -154,6 +157,7 @@ class Completer:
         why = refusal(req, self.cfg)
         if why:
             log.debug("no completion for %s: %s", req.uri, why)
+            self.unanswered["refused"] += 1
             return None
         prefix, suffix = req.text[: req.offset], req.text[req.offset:]
 
@@ -164,6 +168,7 @@ class Completer:
             return self._finish(req, shown.id, rest, shown.text, source, t0)
 
         if self.engine.model is None and not await self._wait_for_model():
+            self.unanswered["no_model"] += 1
             return None
         ctx, job, full = self.plan(req)
         multiline = ctx.multiline
@@ -178,11 +183,15 @@ class Completer:
             self.engine.warm(full)
         if gen is None:
             log.debug("no generation for %s (superseded, aborted or no model)", req.path)
+            self.unanswered["superseded"] += 1
             return None
         cleaned = clean_generation(gen, ctx, suffix, multiline)
         log.debug("generation for %s: %r (%s) -> %r %s", req.path, gen.text, gen.stop_reason, cleaned.text, cleaned.rules)
         if not cleaned.text.strip():
-            if not gen.complete:
+            self.unanswered["emptied" if gen.complete else "cut_by_cap"] += 1
+            if gen.complete:
+                log.debug("no suggestion for %s: hygiene left nothing of %r (%s)", req.path, gen.text, cleaned.rules)
+            else:
                 self.dropped_incomplete += 1
                 log.debug("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "
                          "(%d tokens in %.0f ms)", req.path, req.text.count("\n", 0, req.offset) + 1, gen.stop_reason,

@@ -114,6 +114,7 @@ class StropServer(LanguageServer):
             "modelCalls": self.engine.model_calls,
             "warmups": self.engine.warmups,
             "droppedIncomplete": self.completer.dropped_incomplete if self.completer else 0,
+            "unanswered": dict(self.completer.unanswered) if self.completer else {},
             "cursor": self.cursor,
             "workerPid": self.engine.worker_pid,
             "crashes": len(self.engine.crashes),

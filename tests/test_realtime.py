@@ -69,6 +69,29 @@ def test_a_line_cut_by_the_timer_is_no_suggestion_and_whole_lines_are_kept(decod
     assert postprocess.whole_statements("foo(1,\n    2)\nbar(", "") == "foo(1,\n    2)"
 
 
+def test_inside_a_literal_an_earlier_line_opened_whole_elements_survive_a_cap() -> None:
+    """Enter inside a dict literal (bench_latency, httpx/_urls.py): every line the model writes ends
+    in `,`, so no whole *statement* comes before the closing brace; a cap used to leave nothing."""
+    before = "PRIMITIVES = {\n    0: None,\n    "
+    ctx = build(before, len(before), fmt=None, count=len)
+    assert ctx.multiline
+    cut = Generation("1: None,\n    2: None,\n    3: No", (1,), 1, 0, 0, 0, "time", "v")
+    assert clean_generation(cut, ctx, "", multiline=True).text == "1: None,\n    2: None,"
+    # Outside brackets a trailing comma still continues the statement (a tuple), and an element
+    # whose own brackets are open is not whole.
+    assert postprocess.whole_statements("a = 1,\nb = 2,", "") == ""
+    assert postprocess.whole_statements("1: f(a,\n    b", "", enclosing=1) == ""
+
+
+def test_soft_budget_stops_at_a_whole_element_inside_a_literal(decoder) -> None:
+    table = "CODES = {\n" + "".join(f"    {i}: \"code {i}\",\n" for i in range(60)) + "    "
+    job = _job(CODE + table, single_line=False, block_head="    ", block_enclosing=1, max_tokens=48,
+               predict_soft_ms=0.0)
+    gen = decoder.run(job)
+    assert gen.stop_reason == "soft_time" and gen.text.count("\n") == 1, gen
+    assert gen.text.rstrip().endswith(","), gen
+
+
 def test_soft_budget_stops_at_a_whole_line(decoder) -> None:
     gen = decoder.run(_job(CODE + "def function_40(value):\n", single_line=False, block_head="", max_tokens=64,
                            predict_soft_ms=0.0))
@@ -268,6 +291,28 @@ async def test_a_cold_keystroke_gets_a_prompt_cut_to_the_budget_then_the_full_on
         assert result.items and len(rows(home)) == n_rows + 1
         full = rows(home)[-1]
         assert full["n_prompt_tokens"] > cold_tokens + 16 and full["n_reused_tokens"] >= full["n_prompt_tokens"] - 3, full
+    finally:
+        close_all_docs(client)
+        await client.shutdown_session()
+
+
+async def test_status_says_why_requests_got_no_suggestion(smollm_gguf, tmp_path) -> None:
+    """A user who sees no ghost text can ask the server why: `unanswered` counts each reason."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    client = await start(smollm_gguf, tmp_path / "home", root, env={"STROP_TIME_CAP_MS": "1"})
+    try:
+        secret = (root / ".env").as_uri()
+        open_doc(client, secret, "API_KEY=")
+        assert not (await inline(client, secret, 0, 8)).items
+        uri = (root / "m.py").as_uri()
+        open_doc(client, uri, CODE + "def scaled(value):\n    return value * ")
+        # Mid-line, one line wanted; generation gives up 1 ms after its first token: a fragment,
+        # never shown, counted as cut by the cap (and in droppedIncomplete).
+        assert not (await inline(client, uri, 241, 19)).items
+        st = await status(client)
+        why = st["unanswered"]
+        assert getattr(why, "refused", None) == 1 and getattr(why, "cut_by_cap", None) == 1 == st["droppedIncomplete"], st
     finally:
         close_all_docs(client)
         await client.shutdown_session()

@@ -105,7 +105,13 @@ class Editor:
         return failed
 
     async def status(self) -> dict:
-        return await status(self.client)
+        """strop/status with nested objects (`unanswered`, `index`) as plain dicts, for the results file."""
+        def plain(v):
+            if v is None or isinstance(v, (str, int, float, bool, list, dict)):
+                return v
+            return {k: plain(getattr(v, k)) for k in dir(v) if not k.startswith("_")}
+
+        return {k: plain(v) for k, v in (await status(self.client)).items()}
 
     async def wait_idle(self, timeout_s: float = 30.0) -> None:
         """Until the server reports nothing running (a warm-up or a job left from before)."""
