@@ -198,13 +198,24 @@ def bracket_depth(text: str) -> int:
     return depth
 
 
+IMPORT_STAR = re.compile(r"\bimport\s+\*$")  # `from m import *` ends in `*` and is whole
 CONTINUATION_ENDINGS = ("\\", ",", "+", "-", "*", "/", "=", "&&", "||", " and", " or", ".")
 
 
 def enclosing_depth(before_line: str) -> int:
     """Brackets the text before the cursor's line leaves open: > 0 when the cursor is inside a list,
-    dict, call or argument list that an earlier line opened (the same cheap reading)."""
-    return max(0, bracket_depth(before_line))
+    dict, call or argument list that an earlier line opened (the same cheap reading). A closer with
+    nothing open is ignored: a prompt's window may start inside a bracket an earlier line opened."""
+    depth = 0
+    for line in before_line.split("\n"):
+        for _, ch in _unquoted(line):
+            if ch == "#" and depth == 0:
+                break
+            if ch in OPENERS:
+                depth += 1
+            elif ch in CLOSERS:
+                depth = max(0, depth - 1)
+    return depth
 
 
 def statement_complete(text: str, line_head: str, enclosing: int = 0) -> bool:
@@ -220,7 +231,7 @@ def statement_complete(text: str, line_head: str, enclosing: int = 0) -> bool:
         return True
     if depth > 0:
         return False
-    return not last.endswith(CONTINUATION_ENDINGS)
+    return not last.endswith(CONTINUATION_ENDINGS) or bool(IMPORT_STAR.search(last))
 
 
 def whole_statements(text: str, line_head: str, enclosing: int = 0) -> str:

@@ -35,6 +35,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     time_cap_ms: int = 0  # 0: none; scores must not depend on how busy the machine is
+    heal: bool = True  # token healing at the cursor, as `strop serve` decodes ([serve] heal)
     n_ctx: int = 4096  # the [prompt] budget plus the completion
     seed: int = 1234
     margin: float = 0.005  # T_eval: a higher temperature must beat a lower one by this much on validation

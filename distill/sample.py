@@ -35,6 +35,7 @@ class SampleConfig:
     max_new_tokens: int = 64
     max_new_tokens_line: int = 32
     time_cap_ms: int = 0  # 0: none; samples stop on the token limits, never on the machine's speed
+    heal: bool = True  # token healing at the cursor, as `strop serve` decodes ([serve] heal)
     seed: int = 0
     n_ctx: int = 4096  # the [prompt] budget plus the completion
     n_threads: int = 0  # 0: all cores

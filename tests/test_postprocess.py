@@ -97,3 +97,23 @@ def test_a_truncated_block_keeps_whole_lines_only():
     out = clean(text, line_head="def f():", line_tail="", suffix="", multiline=True, truncated=True)
     assert out.text == "\n    a = compute(1)" and out.rules[0] == "partial_line"
     assert clean(text, line_head="def f():", line_tail="", suffix="", multiline=True).text == text
+
+
+def test_star_imports_are_whole_statements():
+    # `import *` ends in `*`, which elsewhere continues an expression: a block of star imports cut by
+    # the token cap (httpx/__init__.py, Qwen2.5-Coder) used to be shown as nothing.
+    from core.postprocess import whole_statements
+
+    assert whole_statements("from ._a import *\nfrom ._b import *", "") == "from ._a import *\nfrom ._b import *"
+    assert whole_statements("total = a *\n    b *", "") == ""
+
+
+def test_enclosing_depth_ignores_closers_of_brackets_opened_before_the_window():
+    # The prompt's window starts inside the previous call; the cursor is inside `def head(`.
+    from core.postprocess import enclosing_depth, whole_statements
+
+    before = "        trust_env=trust_env,\n    )\n\n\ndef head(\n"
+    assert enclosing_depth(before) == 1
+    assert enclosing_depth("x = f(a)\n") == 0 and enclosing_depth("x = {\n    'a': (1,\n") == 2
+    cut = "url: URL | str,\n    *,\n    params: QueryParamTypes | None = None,"
+    assert whole_statements(cut, "    ", enclosing_depth(before)) == cut

@@ -127,5 +127,15 @@ async def test_served_sampled_trained_and_evaluated_prompts_are_the_same_tokens(
     ev = Evaluator(Path(gguf), EvalConfig(), repo_name=REPO_NAME)
     try:
         assert tokenize_pieces(ev.model, ev._context(item).pieces) == served
+        # ... and decoded as serving decodes it: token healing (Qwen2.5-Coder on encode/httpx scored
+        # 0.541 unhealed against 0.597 healed, which is what users got), the same caps; so is a sample.
+        from core.completion import CompletionPath
+
+        served_rules = (job.heal, job.max_tokens, job.single_line)
+        assert served_rules[0] is True
+        for limits in (EvalConfig(), SampleConfig()):
+            path = CompletionPath(fmt, ev.engine.count_tokens, completer.prompt, limits, repo_name=REPO_NAME)
+            other = path.job(ev._context(item), key="e", sampling=job.sampling, multiline=not job.single_line)
+            assert (other.heal, other.max_tokens, other.single_line) == served_rules, type(limits).__name__
     finally:
         ev.close()
