@@ -69,8 +69,7 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 if "\n" in text.lstrip("\n"):
                     break
             pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
-            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
-                        "prediction": pred})
+            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target)})
     finally:
         llm.close()
     return out
@@ -148,8 +147,9 @@ def main() -> int:
         "note": "first-line exact match / edit similarity, greedy; intervals: paired bootstrap 95 % (points)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    repo_short = args.repo.parent.name.split("+")[-1] if args.repo.name == "repo" else args.repo.stem
-    out = RESULTS / f"retrieval-quality-{repo_short}-{model.stem}.json"
+    from benchmarks.latency.positions import repo_name_of
+
+    out = RESULTS / f"retrieval-quality-{repo_name_of(args.repo).rsplit('/', 1)[-1]}-{model.stem}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

@@ -183,9 +183,10 @@ def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
     return text
 
 
-def bracket_depth(text: str) -> int:
+def bracket_depth(text: str, *, ignore_unmatched: bool = False) -> int:
     """Open brackets left by `text`, outside string literals of one line (a cheap, language-agnostic
-    reading: good enough to tell a finished statement from one that continues)."""
+    reading: good enough to tell a finished statement from one that continues). `ignore_unmatched`:
+    a closer with nothing open counts for nothing (for text that may start inside a bracket)."""
     depth = 0
     for line in text.split("\n"):
         for _, ch in _unquoted(line):
@@ -194,7 +195,7 @@ def bracket_depth(text: str) -> int:
             if ch in OPENERS:
                 depth += 1
             elif ch in CLOSERS:
-                depth -= 1
+                depth = max(0, depth - 1) if ignore_unmatched else depth - 1
     return depth
 
 
@@ -204,18 +205,9 @@ CONTINUATION_ENDINGS = ("\\", ",", "+", "-", "*", "/", "=", "&&", "||", " and", 
 
 def enclosing_depth(before_line: str) -> int:
     """Brackets the text before the cursor's line leaves open: > 0 when the cursor is inside a list,
-    dict, call or argument list that an earlier line opened (the same cheap reading). A closer with
-    nothing open is ignored: a prompt's window may start inside a bracket an earlier line opened."""
-    depth = 0
-    for line in before_line.split("\n"):
-        for _, ch in _unquoted(line):
-            if ch == "#" and depth == 0:
-                break
-            if ch in OPENERS:
-                depth += 1
-            elif ch in CLOSERS:
-                depth = max(0, depth - 1)
-    return depth
+    dict, call or argument list that an earlier line opened. A closer with nothing open is ignored:
+    a prompt's window may start inside a bracket an earlier line opened."""
+    return bracket_depth(before_line, ignore_unmatched=True)
 
 
 def statement_complete(text: str, line_head: str, enclosing: int = 0) -> bool:

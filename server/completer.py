@@ -87,8 +87,8 @@ class Completer:
         self.cache = CompletionCache()
         self.shown: Recent = Recent(SHOWN_CAPACITY)  # id → (Request, Shown) offered, for accept/retention
         self.last_latency_ms: float | None = None
-        self.dropped_incomplete = 0  # generations a cap stopped before a whole line/statement (not shown)
-        # Why requests got no suggestion: refused | no_model | superseded | cut_by_cap | emptied (by hygiene)
+        # Why requests got no suggestion: refused | no_model | superseded | emptied (by hygiene) |
+        # cut_by_cap (a cap stopped generation before a whole line/statement)
         self.unanswered: Counter[str] = Counter()
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
@@ -192,7 +192,6 @@ class Completer:
             if gen.complete:
                 log.debug("no suggestion for %s: hygiene left nothing of %r (%s)", req.path, gen.text, cleaned.rules)
             else:
-                self.dropped_incomplete += 1
                 log.debug("no suggestion for %s:%d: generation stopped at its cap (%s) before a whole %s "
                          "(%d tokens in %.0f ms)", req.path, req.text.count("\n", 0, req.offset) + 1, gen.stop_reason,
                          "statement" if multiline else "line", len(gen.tokens), gen.gen_ms)

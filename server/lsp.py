@@ -113,7 +113,7 @@ class StropServer(LanguageServer):
             "message": self.message,
             "modelCalls": self.engine.model_calls,
             "warmups": self.engine.warmups,
-            "droppedIncomplete": self.completer.dropped_incomplete if self.completer else 0,
+            "droppedIncomplete": self.completer.unanswered["cut_by_cap"] if self.completer else 0,
             "unanswered": dict(self.completer.unanswered) if self.completer else {},
             "cursor": self.cursor,
             "workerPid": self.engine.worker_pid,
