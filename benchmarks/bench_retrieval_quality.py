@@ -6,8 +6,8 @@ repository, and raw llama-cpp-python with a plain prompt, on the same held-out p
 The repository (default: encode/httpx@ae1b9f66, fetched as a git directory) is cloned at `--rev`;
 `distill.split` makes its temporal held-out slice (the lines the most recent commits added) and the
 training side as of the cutoff commit, which is all the index holds, so no held-out line can reach
-a prompt. Each position is scored three ways under greedy decoding, exact match and edit
-similarity of the first line:
+a prompt; `--items` of its held-out items are drawn with `--seed`. Each position is scored three
+ways under greedy decoding, exact match and edit similarity of the first line:
 
 - `raw`: llama-cpp-python on a plain prompt of at most 1,500 prefix + 500 suffix tokens (FIM
   models) or 2,000 prefix tokens (prefix-only models), no hygiene, one line;
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--items", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="picks the held-out items (default %(default)s)")
     args = ap.parse_args()
     from core.models import embedded_default
     from core.repo_context import RetrievalSettings, Retriever, offline_index
@@ -124,7 +126,10 @@ def main() -> int:
     subprocess.run(["git", "-C", str(dest), "checkout", "--quiet", "--detach", args.rev], check=True)
     t0 = time.perf_counter()
     split = split_repo(dest, SplitConfig())
-    items = (split.test() + split.validation())[: args.items]
+    # A seeded sample over all held-out items: the split lists them file by file, so its first N
+    # would be a handful of files (on encode/httpx the first 40 were workflow YAML and an HTML template).
+    held_out = split.test() + split.validation()
+    items = random.Random(args.seed).sample(held_out, min(args.items, len(held_out)))
     index = offline_index(dest, split.train_files)
     build_s = time.perf_counter() - t0
     retriever = Retriever(lambda: index, RetrievalSettings())
@@ -138,11 +143,15 @@ def main() -> int:
     print("served+retrieval", summary(with_r), flush=True)
     result = {
         "model": model.name, "repo": f"{args.repo.parent.name.replace('+', '/')}@{args.rev}",
-        "split": {"method": split.method, "cutoff_commit": split.cutoff_commit, "items": len(items)},
+        "split": {"method": split.method, "cutoff_commit": split.cutoff_commit, "items": len(items),
+                  "held_out_items": len(held_out), "sample_seed": args.seed,
+                  "files": len({i.path for i in items})},
         "machine": {"cpus": 2, "python": platform.python_version()},
         "raw": summary(raw), "served": summary(served), "served_retrieval": summary(with_r),
         "served_minus_raw": paired(raw, served), "retrieval_minus_served": paired(served, with_r),
         "retrieval_plus_served_minus_raw": paired(raw, with_r),
+        "per_item_es": [{"id": a["id"], "raw": round(a["edit_similarity"], 4), "served": round(b["edit_similarity"], 4),
+                         "served_retrieval": round(c["edit_similarity"], 4)} for a, b, c in zip(raw, served, with_r)],
         "seconds": {"index_build": round(build_s, 1), "served": round(served_s, 1), "served_retrieval": round(with_s, 1)},
         "note": "first-line exact match / edit similarity, greedy; intervals: paired bootstrap 95 % (points)",
     }
