@@ -157,9 +157,10 @@ def _has_fileno(stream) -> bool:
 
 
 class Engine:
-    def __init__(self, *, n_ctx: int, n_threads: int, n_gpu_layers: int, slots: int = 4,
+    def __init__(self, *, n_ctx: int, n_threads: int, n_gpu_layers: int, slots: int = 4, heal: bool = False,
                  on_state: Callable[[str, str | None], None] | None = None) -> None:
         self.n_ctx, self.n_threads, self.n_gpu_layers, self.slots = n_ctx, n_threads, n_gpu_layers, slots
+        self.heal = heal  # jobs heal their last token: the worker builds the healing table while idle
         self.model: LoadedModel | None = None  # the vocabulary of the model in service
         self.load_error: str | None = None
         self.model_calls = 0  # generations actually run (tests and benchmarks count these)
@@ -189,7 +190,7 @@ class Engine:
     # --- model lifecycle ----------------------------------------------------------------------
     def _options(self) -> dict:
         return {"n_ctx": self.n_ctx, "n_threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers,
-                "slots": self.slots}
+                "slots": self.slots, "heal": self.heal}
 
     def _spawn(self, resolved: ResolvedModel, settings_list: Sequence[dict] | None = None):
         """A worker with `resolved` loaded and its canary passed: (handle, info, settings, failures)."""

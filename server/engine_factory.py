@@ -16,7 +16,7 @@ FALLBACKS = ("local", "none")
 def make_engine(cfg: ServeConfig, *, slots: int, on_state: Callable[[str, str | None], None] | None = None):
     def local() -> Engine:
         return Engine(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, slots=slots,
-                      on_state=on_state)
+                      heal=cfg.heal, on_state=on_state)
 
     if not cfg.engine_url:
         return local()

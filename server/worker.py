@@ -39,6 +39,7 @@ class Worker:
         self.inbox: deque = deque()
         self.decoder: Decoder | None = None
         self.aborted: set[int] = set()
+        self.prepare_healing = False  # jobs will heal: build the table while idle
 
     def _take(self, msg) -> None:
         if msg[0] == "abort":
@@ -54,6 +55,10 @@ class Worker:
 
     def _next(self):
         while not self.inbox:
+            if self.prepare_healing and self.decoder is not None and not self.conn.poll(0):
+                # Idle: build the token-healing table a step at a time, before the first keystroke needs it.
+                self.prepare_healing = not self.decoder.prepare_healing()
+                continue
             self._take(self.conn.recv())
         return self.inbox.popleft()
 
@@ -69,6 +74,7 @@ class Worker:
             self.conn.send(("load_error", str(err)))
             return
         self.decoder = Decoder(model, slots=options.get("slots", 4))
+        self.prepare_healing = bool(options.get("heal", False))
         if "canary-crash-with-extra-bufts" in _faults() and settings.get("use_extra_bufts", True):
             os.kill(os.getpid(), signal.SIGSEGV)
         speeds = canary(self.decoder)
