@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,8 +36,9 @@ from .models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
-PROMPT_CHUNK = 32  # tokens per decode while evaluating a prompt: abort latency vs batch efficiency
-MIN_SAVED_TOKENS = 64  # a KV state shorter than this is not worth saving
+PROMPT_CHUNK = 32  # tokens per decode while evaluating a prompt, until the canary has measured the speed
+CHUNK_MS = 60.0  # a prompt decode call should take about this long: a request waits at most that for a warm-up
+MIN_SAVED_TOKENS = 32  # a KV state shorter than this is not worth saving (a cold prompt is ≥ 48)
 MAX_HEAL_BYTES = 16
 N_DRAFT = 8
 NGRAM = 3
@@ -67,6 +69,7 @@ class Job:
     speculative: bool = False
     tokens: list[int] | None = None  # the prompt's ids, when already tokenized (the engine does)
     id: int = 0
+    warm_call: int = 0  # a warm-up: which Engine.warm call of its document queued it
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class Decoder:
         self._next_slot = 0
         self._heal: _HealTable | None = None
         self.n_ctx = model.n_ctx
+        self.prompt_chunk = PROMPT_CHUNK  # tokens per llama.cpp call between abort checks (see chunk_for)
 
     # --- KV states ----------------------------------------------------------------------------
     def current_tokens(self) -> tuple[int, ...]:
@@ -283,7 +287,8 @@ class Decoder:
             reused -= 1  # the last prompt token is evaluated again: its logits are not kept
         llm.n_tokens = reused
         todo = tokens[reused:]
-        for i in range(0, len(todo), PROMPT_CHUNK):
+        chunk = self.prompt_chunk
+        for i in range(0, len(todo), chunk):
             if abort():
                 return None
             # Checked between chunks, never before the first: what was evaluated stays in the KV cache
@@ -292,7 +297,7 @@ class Decoder:
                     and (time.perf_counter() - t0) * 1000 > job.prompt_deadline_ms):
                 return Generation("", (), len(tokens), reused, (time.perf_counter() - t0) * 1000, 0.0,
                                   "prompt_time", model.resolved.version)
-            llm.eval(todo[i:i + PROMPT_CHUNK])
+            llm.eval(todo[i:i + chunk])
         t_prompt = time.perf_counter()
         if job.warm_only:
             return Generation("", (), len(tokens), reused, (t_prompt - t0) * 1000, 0.0, "warm",
@@ -425,9 +430,19 @@ class Decoder:
 CANARY_TEXT = "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n\n\n" * 8
 
 
+def chunk_for(prompt_tps: float, chunk_ms: float = CHUNK_MS) -> int:
+    """Tokens per prompt decode call so that one call takes about `chunk_ms` at this speed (a power of
+    two, 4–512). Aborts are checked between calls: a keystroke that arrives during a background
+    warm-up waits for the call in flight. On a slow CPU (SmolLM2 at ~140 prompt tokens/s on 2 cores)
+    a fixed 32 made that ~230 ms, most of a warm keystroke's latency; batching gained nothing there
+    (112–144 tokens/s from 4 to 512 tokens per call)."""
+    n = max(1.0, prompt_tps * chunk_ms / 1000)
+    return int(min(512, max(4, 2 ** math.floor(math.log2(n)))))
+
+
 def canary(decoder: Decoder, n_prompt: int = 96, n_gen: int = 12) -> dict:
     """A short real decode (the check that a CPU feature does not crash llama.cpp) that also measures
-    prompt-evaluation and generation speed on this machine."""
+    prompt-evaluation and generation speed on this machine, and sizes the decoder's prompt chunks."""
     tokens = decoder.model.tokenize(CANARY_TEXT)[:n_prompt]
     llm = decoder.llm
     llm.n_tokens = 0
@@ -441,7 +456,10 @@ def canary(decoder: Decoder, n_prompt: int = 96, n_gen: int = 12) -> dict:
     t2 = time.perf_counter()
     llm.n_tokens = 0
     llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-    return {"prompt_tps": round(len(tokens) / max(t1 - t0, 1e-6), 1), "gen_tps": round(n_gen / max(t2 - t1, 1e-6), 1)}
+    prompt_tps = len(tokens) / max(t1 - t0, 1e-6)
+    decoder.prompt_chunk = chunk_for(prompt_tps)
+    return {"prompt_tps": round(prompt_tps, 1), "gen_tps": round(n_gen / max(t2 - t1, 1e-6), 1),
+            "prompt_chunk": decoder.prompt_chunk}
 
 
 class InProcessEngine:

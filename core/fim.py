@@ -121,14 +121,20 @@ def layout(
     writes the rest of the middle from there); without one, the prompt is the prefix alone.
     """
     pieces: list[Piece] = []
-    # Repository context: stable across keystrokes, so it goes first.
+    # Repository context: stable across keystrokes, so it goes first. The repository header
+    # (repository name, file separators, paths) frames other files' snippets, and a completion with
+    # no text after it (Qwen2.5-Coder's repository-level format continues the last file). A FIM hole
+    # with a suffix and no snippet gets the plain file-level prompt: there the header cost
+    # Qwen2.5-Coder-0.5B 9 (encode/httpx) and 18 (encode/starlette) points of first-line edit
+    # similarity, while without it next lines lost 6 on both (served-layout-diagnosis-*.json).
     if fmt is not None and fmt.file_sep:
-        if fmt.repo_name and repo_name:
-            pieces += [Special(fmt.repo_name), repo_name + "\n"]
-        for snip in snippets:
-            pieces += [Special(fmt.file_sep), f"{snip.path}\n{snip.text}\n"]
-        if snippets or (fmt.repo_name and repo_name):
-            pieces += [Special(fmt.file_sep), f"{path}\n"]
+        if snippets or not suffix.strip():
+            if fmt.repo_name and repo_name:
+                pieces += [Special(fmt.repo_name), repo_name + "\n"]
+            for snip in snippets:
+                pieces += [Special(fmt.file_sep), f"{snip.path}\n{snip.text}\n"]
+            if snippets or (fmt.repo_name and repo_name):
+                pieces += [Special(fmt.file_sep), f"{path}\n"]
     else:
         mark = line_comment(language)
         for snip in snippets:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -125,29 +126,48 @@ class Completer:
         return self.completion_path().context(req.position(), total_tokens=total_tokens or self.full_budget_tokens(),
                                               cold=cold)
 
-    def plan(self, req: Request) -> tuple[ctxmod.Context, Job, Job | None]:
-        """The job for a request: the full context when the engine holds enough of it warm, else a
-        cold context cut to the prompt budget (and the full job, already tokenized, to warm up
-        afterwards)."""
-        ctx = self.build_context(req)
-        job = make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
+    def ladder_budgets(self) -> list[int | None]:
+        """Token budgets of the prompts a position is warmed with, smallest first (None: the full
+        context). Each is usable as soon as it is warm, so on a slow CPU a keystroke soon after a
+        cold one gets more than the cold prompt while the full one is still being evaluated: the
+        cold prompt (fits `prompt_budget_ms`), their geometric mean when the full one is over 4×
+        the cold one, the full context."""
         cold = self.cold_budget_tokens()
         if cold is None:
-            return ctx, job, None
-        tokens = self.engine.tokenize(ctx.pieces)
-        fresh = len(tokens) - self.engine.cached_prefix(tokens)
-        if fresh <= cold:
-            return ctx, replace(job, tokens=tokens), None
-        small = self.build_context(req, total_tokens=cold, cold=True)
-        small_job = make_job(small, key=req.uri, limits=self.cfg, sampling=self.sampling())
-        return small, replace(small_job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), replace(job, tokens=tokens)
+            return [None]
+        full = self.full_budget_tokens()
+        return [cold] + ([int(math.sqrt(cold * full))] if full >= 4 * cold else []) + [None]
+
+    def ladder(self, req: Request) -> list[tuple[ctxmod.Context, Job]]:
+        """The position's prompts, smallest first; the smaller ones hold no repository context."""
+        out = []
+        for budget in self.ladder_budgets():
+            ctx = self.build_context(req) if budget is None else self.build_context(req, total_tokens=budget, cold=True)
+            out.append((ctx, make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())))
+        return out
+
+    def plan(self, req: Request) -> tuple[ctxmod.Context, Job, list[Job]]:
+        """The job for a request: the largest prompt of the position's ladder whose new tokens fit the
+        cold budget given what the engine holds warm, else the cold prompt with a deadline; and the
+        larger prompts (already tokenized) to warm up afterwards."""
+        ladder = self.ladder(req)
+        cold = self.cold_budget_tokens()
+        if cold is None:
+            ctx, job = ladder[-1]
+            return ctx, job, []
+        ladder = [(ctx, replace(job, tokens=self.engine.tokenize(ctx.pieces))) for ctx, job in ladder]
+        for i in range(len(ladder) - 1, -1, -1):
+            ctx, job = ladder[i]
+            if len(job.tokens) - self.engine.cached_prefix(job.tokens) <= cold:
+                return ctx, job, [j for _, j in ladder[i + 1:]]
+        ctx, job = ladder[0]
+        return ctx, replace(job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), [j for _, j in ladder[1:]]
 
     def warm(self, req: Request) -> None:
-        """Evaluate the prompt for `req` ahead of time (the engine runs it only when idle)."""
+        """Evaluate the prompts for `req` ahead of time, smallest first (the engine runs them only when idle)."""
         if self.engine.model is None or refusal(req, self.cfg):
             return
-        ctx = self.build_context(req)
-        self.engine.warm(make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling()))
+        self.engine.warm(*(job for _, job in self.ladder(req)))
 
     async def complete(self, req: Request) -> Result | None:
         """A suggestion for the cursor, or None (nothing useful, superseded, or no model yet)."""
@@ -170,7 +190,7 @@ class Completer:
         if self.engine.model is None and not await self._wait_for_model():
             self.unanswered["no_model"] += 1
             return None
-        ctx, job, full = self.plan(req)
+        ctx, job, warm_after = self.plan(req)
         multiline = ctx.multiline
         fut = self.engine.submit(job)
         try:
@@ -179,8 +199,8 @@ class Completer:
         except asyncio.CancelledError:
             self.engine.abort(req.uri)  # $/cancelRequest: stop the model at its next token
             raise
-        if full is not None:  # answered from a cold prompt: grow the context in the background
-            self.engine.warm(full)
+        if warm_after:  # answered from a smaller prompt: grow the context in the background
+            self.engine.warm(*warm_after)
         if gen is None:
             log.debug("no generation for %s (superseded, aborted or no model)", req.path)
             self.unanswered["superseded"] += 1

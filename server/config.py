@@ -34,7 +34,7 @@ class ServeConfig:
     predict_soft_ms: int = 250  # from the first token: then stop at the next whole line/statement
     time_cap_ms: int = 1500  # from the first token: a suggestion still unfinished then is dropped, not cut
     first_request_wait_ms: int = 5000  # a request that arrives while the model loads waits this long
-    warm_slots: int = 4  # KV states kept (documents/positions that stay warm)
+    warm_slots: int = 6  # KV states kept: two documents' warm-up ladders (cold, between, full)
     speculative: bool = False  # prompt-lookup drafts, verified in one batch (greedy decoding only)
     heal: bool = True  # token healing at the cursor
     temperature: float = 0.0  # greedy unless the promoted model ships a tuned T_eval

@@ -9,8 +9,9 @@ document wins; warm-ups fill idle time.
   that keep coming while serving move to the fallback settings too.
 - A job still waiting when a newer one for the same document arrives is answered `None` at once
   (superseded) without touching the model; a running one is aborted at its next token or chunk.
-- Warm-ups (`warm()`) evaluate a prompt with no generation; they run only when no request waits and
-  give way to any request (an aborted warm-up keeps what it evaluated).
+- Warm-ups (`warm()`) evaluate prompts with no generation; they run only when no request waits and
+  give way to any request within one prompt chunk (an aborted warm-up keeps what it evaluated and
+  runs again after the request). A document's warm-ups are a ladder, smallest prompt first.
 - The engine owns its Futures: callers must not cancel them (the completer shields them); they
   are resolved exactly once.
 - A new model (a promotion) is loaded in a new worker beside the old one and swapped in between
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import replace
@@ -173,7 +174,8 @@ class Engine:
         self._on_state = on_state or (lambda state, msg: None)
         self._cv = threading.Condition()
         self._pending: OrderedDict[str, tuple[Job, Future]] = OrderedDict()
-        self._warm: OrderedDict[str, Job] = OrderedDict()
+        self._warm: OrderedDict[str, deque[Job]] = OrderedDict()  # per document: prompts to warm, in order
+        self._warm_calls: dict[str, int] = {}  # per document: warm() calls so far (a newer one replaces)
         self._running: Job | None = None
         self._worker: WorkerHandle | None = None
         self._resolved: ResolvedModel | None = None
@@ -227,9 +229,10 @@ class Engine:
             vocab.close()
             raise
         vocab.n_ctx = info.get("n_ctx", vocab.n_ctx)
-        log.info("loaded %s (%s, fim=%s) in %.2fs; prompt %.0f tok/s, generation %.0f tok/s%s", resolved.path,
-                 resolved.version, vocab.fim.name if vocab.fim else None, time.perf_counter() - t0,
-                 info["speeds"].get("prompt_tps", 0), info["speeds"].get("gen_tps", 0),
+        log.info("loaded %s (%s, fim=%s) in %.2fs; prompt %.0f tok/s (%s tokens per call), generation %.0f tok/s%s",
+                 resolved.path, resolved.version, vocab.fim.name if vocab.fim else None, time.perf_counter() - t0,
+                 info["speeds"].get("prompt_tps", 0), info["speeds"].get("prompt_chunk", "?"),
+                 info["speeds"].get("gen_tps", 0),
                  f"; fallback settings {_describe(settings)} after: {'; '.join(failures)}" if failures else "")
         return vocab, handle, info, settings, failures
 
@@ -330,22 +333,35 @@ class Engine:
             self._cv.notify_all()
         return fut
 
-    def warm(self, job: Job) -> None:
-        """Evaluate a prompt ahead of time, when the engine would otherwise be idle."""
-        if self._stopped or self.model is None:
+    def warm(self, *jobs: Job) -> None:
+        """Evaluate prompts of one document ahead of time, in order, when the engine would otherwise
+        be idle (a ladder: each smaller prompt is usable as soon as it is done). Replaces the
+        document's earlier warm-ups."""
+        if self._stopped or self.model is None or not jobs:
             return
-        job = self._prepare(replace(job, warm_only=True, heal=False))
-        if not job.tokens or self.cached_prefix(job.tokens) >= len(job.tokens) - 1:
-            return  # already warm
+        todo = deque(j for j in (self._prepare(replace(job, warm_only=True, heal=False)) for job in jobs)
+                     if j.tokens and self.cached_prefix(j.tokens) < len(j.tokens) - 1)
+        key = jobs[0].key
         with self._cv:
-            self._warm.pop(job.key, None)
-            self._warm[job.key] = job
+            self._warm_calls[key] = self._warm_calls.get(key, 0) + 1
+            for job in todo:
+                job.warm_call = self._warm_calls[key]
+            self._warm.pop(key, None)
+            if todo:
+                self._warm[key] = todo
             while len(self._warm) > max(1, self.slots):
                 self._warm.popitem(last=False)
             running = self._running
-            if running is not None and running.warm_only and running.key == job.key and self._worker:
+            if running is not None and running.warm_only and running.key == key and self._worker:
                 self._worker.abort(running.id)  # a newer position of the same document
             self._cv.notify_all()
+
+    @property
+    def warming(self) -> int:
+        """Warm-up prompts queued or running."""
+        with self._cv:
+            running = self._running is not None and self._running.warm_only
+            return sum(len(q) for q in self._warm.values()) + running
 
     def abort(self, job_key: str) -> None:
         """Stop the running job of a document (cancellation)."""
@@ -382,8 +398,12 @@ class Engine:
                 if self._pending:
                     key, (job, fut) = self._pending.popitem(last=False)
                 else:
-                    key, job = self._warm.popitem(last=True)
-                    fut = None
+                    key, ladder = self._warm.popitem(last=True)
+                    job, fut = ladder.popleft(), None
+                    if ladder:
+                        self._warm[key] = ladder  # the rest of this document's ladder comes next
+                    if self.cached_prefix(job.tokens) >= len(job.tokens) - 1:
+                        continue  # warm already (a request evaluated it)
                 worker = self._worker
                 if worker is None:
                     if fut is not None:
@@ -398,6 +418,12 @@ class Engine:
                 self._cached = cached
                 if job.warm_only and gen is not None and gen.stop_reason == "warm":
                     self.warmups += 1
+                elif job.warm_only and gen is None:  # yielded to a request: again after it, unless replaced
+                    with self._cv:
+                        if self._pending and not self._stopped and self._warm_calls.get(key) == job.warm_call:
+                            rest = self._warm.pop(key, None) or deque()
+                            rest.appendleft(job)
+                            self._warm[key] = rest
                 if fut is not None:
                     _resolve(fut, gen)
             except WorkerCrashed as crash:

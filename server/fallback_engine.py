@@ -68,6 +68,10 @@ class FallbackEngine:
         return self.remote.warmups + (self.local.warmups if self.local else 0)
 
     @property
+    def warming(self) -> int:
+        return self.remote.warming + (self.local.warming if self.local else 0)
+
+    @property
     def crashes(self) -> list:
         return self.local.crashes if self.local else []
 
@@ -165,8 +169,8 @@ class FallbackEngine:
         self.remote.submit(job).add_done_callback(done)
         return out
 
-    def warm(self, job: Job) -> None:
-        self._active().warm(job)
+    def warm(self, *jobs: Job) -> None:
+        self._active().warm(*jobs)
 
     def abort(self, job_key: str) -> None:
         self.remote.abort(job_key)

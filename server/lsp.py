@@ -113,6 +113,7 @@ class StropServer(LanguageServer):
             "message": self.message,
             "modelCalls": self.engine.model_calls,
             "warmups": self.engine.warmups,
+            "warming": self.engine.warming,  # warm-up prompts queued or running
             "droppedIncomplete": self.completer.unanswered["cut_by_cap"] if self.completer else 0,
             "unanswered": dict(self.completer.unanswered) if self.completer else {},
             "cursor": self.cursor,

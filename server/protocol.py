@@ -17,7 +17,7 @@ DID_MOVE_CURSOR = "strop/didMoveCursor"
 
 # Client → server requests.
 STATUS = "strop/status"  # → {"state", "model", "modelVersion", "fim", "lastLatencyMs", "enabled",
-#                           "modelCalls", "warmups", "cursor": {"uri", "line", "character"} | None, ...}
+#                           "modelCalls", "warmups", "warming", "cursor": {"uri", "line", "character"} | None, ...}
 STATS = "strop/stats"  # params {"json": true} → the same dict `strop stats --json` prints
 
 # Server → client notification, sent whenever the state, model or last latency changes.

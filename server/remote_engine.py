@@ -168,15 +168,23 @@ class RemoteEngine:
         self._loop.call_soon_threadsafe(self._start, replace(job, tokens=tokens, pieces=()), fut)
         return fut
 
-    def warm(self, job: Job) -> None:
+    def warm(self, *jobs: Job) -> None:
         """llama-server only (`n_predict: 0` evaluates the prompt into the document's slot), and only
-        when no request is in flight; an OpenAI server has no prompt-only request."""
-        if self._stopped or self.model is None or self.info is None or self.info.kind != proto.LLAMA_SERVER:
+        when no request is in flight; an OpenAI server has no prompt-only request. Of a ladder, the
+        largest prompt (the last): the server keeps one slot per document."""
+        if (self._stopped or self.model is None or self.info is None or self.info.kind != proto.LLAMA_SERVER
+                or not jobs):
             return
+        job = jobs[-1]
         tokens = self._tokens(job)
         if tokens and self.cached_prefix(tokens) < len(tokens) - 1:
             self._loop.call_soon_threadsafe(self._start, replace(job, tokens=tokens, pieces=(), warm_only=True,
                                                                  heal=False), None)
+
+    @property
+    def warming(self) -> int:
+        """Warm-up requests in flight."""
+        return sum(fut is None for _, fut in list(self._tasks.values()))
 
     def abort(self, job_key: str) -> None:
         self._loop.call_soon_threadsafe(self._cancel, job_key)

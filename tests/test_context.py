@@ -67,6 +67,24 @@ def test_other_documents_come_first_and_are_bounded():
     assert sum(count(s.text) for s in ctx.snippets) <= 800 * 0.25
 
 
+def test_the_repository_header_frames_other_files_and_prefix_only_completions():
+    """A FIM hole with text after it and no snippet gets the plain file-level prompt (the header cost
+    Qwen2.5-Coder-0.5B 9–18 points there); with snippets, or with nothing after the cursor (the
+    repository-level format continues the last file), the repository-level one."""
+    budget = Budget(total_tokens=800)
+    alone = render(build(SOURCE, 100, fmt=STARCODER, count=count, budget=budget, path="main.py",
+                         repo_name="tally").pieces)
+    assert alone.startswith("<fim_prefix>") and "<repo_name>" not in alone and "<file_sep>" not in alone
+    at_end = render(build(SOURCE + "\n", len(SOURCE), fmt=STARCODER, count=count, budget=budget, path="main.py",
+                          repo_name="tally").pieces)
+    assert at_end.startswith("<repo_name>tally\n<file_sep>main.py\n<fim_prefix>")
+    other = OtherDocument("lib/util.py", "def helper():\n    return 42\n", focus_line=0)
+    framed = render(build(SOURCE, 100, fmt=STARCODER, count=count, budget=budget, path="main.py",
+                          repo_name="tally", others=[other]).pieces)
+    assert framed.startswith("<repo_name>tally\n<file_sep>lib/util.py\n")
+    assert framed.index("<file_sep>main.py\n") < framed.index("<fim_prefix>")
+
+
 def test_prefix_only_models_use_whole_budget_for_prefix_and_comment_headers():
     other = OtherDocument("b.py", "x = 1\n", 0)
     ctx = build(SOURCE, len(SOURCE) // 2, fmt=None, count=count, budget=Budget(total_tokens=500),

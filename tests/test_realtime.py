@@ -14,7 +14,7 @@ import pytest
 from core import postprocess
 from core.completion import clean_generation
 from core.context import build
-from core.decode import Decoder, Generation, Job
+from core.decode import CHUNK_MS, Decoder, Generation, Job, canary, chunk_for
 from server.engine import Engine
 from core.llama_model import load_model
 from core.models import ResolvedModel
@@ -108,6 +108,71 @@ def test_prompt_deadline_answers_nothing_and_keeps_what_it_evaluated(decoder) ->
     assert evaluated > 0
     gen = decoder.run(_job(CODE))
     assert gen.n_reused_tokens >= evaluated
+
+
+def test_prompt_chunks_are_sized_so_a_warm_up_yields_to_a_keystroke_within_the_chunk_time(decoder) -> None:
+    """Aborts are checked between prompt decode calls: the canary sizes them to ~CHUNK_MS at the
+    measured speed, so a keystroke arriving during a background warm-up does not wait ~230 ms for a
+    32-token call on a slow CPU."""
+    assert [chunk_for(tps) for tps in (10, 140, 1000, 1e6)] == [4, 8, 32, 512]
+    speeds = canary(decoder)
+    assert decoder.prompt_chunk == speeds["prompt_chunk"] == chunk_for(speeds["prompt_tps"])
+    assert decoder.prompt_chunk * 1000 / speeds["prompt_tps"] <= CHUNK_MS or decoder.prompt_chunk == 4
+    decoder.llm.n_tokens = 0
+    decoder.saved.clear()
+    checks = []
+    gen = decoder.run(_job(CODE, max_tokens=8, warm_only=True),
+                      abort=lambda: checks.append(1) or len(checks) > 1)
+    assert gen is None and decoder.llm.n_tokens == decoder.prompt_chunk  # one call, then it yielded
+
+
+def test_a_position_warms_a_ladder_of_prompts_and_a_keystroke_takes_the_largest_one_warm(smollm_gguf) -> None:
+    """On a slow CPU the full context takes seconds to evaluate: a cold keystroke gets a small
+    prompt, and the next ones should not wait for the full one to be done to get more context."""
+    import time
+
+    from server.completer import Completer, Request
+    from server.config import ServeConfig
+
+    def settle(engine) -> None:
+        deadline = time.monotonic() + 120
+        while engine.warming and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not engine.warming
+
+    cfg = ServeConfig(prompt_budget_ms=300, warm_budget_ms=8000, n_ctx=4096)
+    engine = Engine(n_ctx=4096, n_threads=2, n_gpu_layers=0, slots=4)
+    try:
+        engine.load(ResolvedModel(smollm_gguf, "smollm", "smollm", "flag"))
+        engine.speeds = {**engine.speeds, "prompt_tps": 160.0}  # pinned: the budgets below follow from it
+        completer = Completer(engine, cfg, None, repo="", repo_name="")
+        assert completer.ladder_budgets() == [48, 247, None]  # 0.3 s, their geometric mean, 8 s (1,280)
+        text = CODE + "def function_40(value):\n    return"
+        req = Request(uri="file:///r/m.py", path="m.py", language="python", text=text, offset=len(text))
+        (_, cold), (_, middle), (_, full) = completer.ladder(req)
+        sizes = [len(engine.tokenize(j.pieces)) for j in (cold, middle, full)]
+        assert sizes[0] <= 48 + 16 < sizes[1] <= 247 + 16 < sizes[2], sizes
+        # Nothing warm: the cold prompt (it fits the cold budget), and the two larger ones to warm after it.
+        ctx, job, after = completer.plan(req)
+        assert len(job.tokens) == sizes[0] and [len(j.tokens) for j in after] == sizes[1:]
+        # The cold and middle prompts warm (the full one not yet): a keystroke takes the middle one.
+        engine.warm(cold, middle)
+        settle(engine)
+        typed = Request(uri=req.uri, path=req.path, language=req.language, text=text + " v", offset=len(text) + 2)
+        ctx, job, after = completer.plan(typed)
+        assert abs(len(job.tokens) - sizes[1]) <= 3 and not job.prompt_deadline_ms, (len(job.tokens), sizes)
+        assert [abs(len(j.tokens) - sizes[2]) <= 3 for j in after] == [True]
+        # A request during a warm-up: the warm-up yields, and is evaluated after the request.
+        engine.warm(*after)
+        time.sleep(0.5)
+        assert engine.warming == 1
+        assert engine.submit(job).result(timeout=60) is not None
+        settle(engine)
+        assert engine.cached_prefix(after[0].tokens) >= len(after[0].tokens) - 1
+        ctx, job, after = completer.plan(typed)
+        assert abs(len(job.tokens) - sizes[2]) <= 3 and after == []
+    finally:
+        engine.close()
 
 
 # --- KV states, healing, drafts -----------------------------------------------------------------
@@ -318,7 +383,7 @@ async def test_a_cold_keystroke_gets_a_prompt_cut_to_the_budget_then_the_full_on
         if first is not None:
             assert first["n_prompt_tokens"] <= cold_tokens + 16, (first["n_prompt_tokens"], cold_tokens)
         # In the background the full context is evaluated; the next request uses it.
-        await until_status(client, lambda s: s["warmups"] >= 2 and s["state"] == "idle")
+        await until_status(client, lambda s: s["warming"] == 0 and s["state"] == "idle")
         await asyncio.sleep(0.5)
         # Keystrokes the suggestion did not predict (else: typed-through). What the model then writes
         # is its own business: after `returnx` SmolLM2 may run on past the line's token cap (a dropped

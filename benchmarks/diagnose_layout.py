@@ -1,0 +1,124 @@
+"""Where the served prompt loses to a plain one: the served path's first-line edit similarity on
+bench_retrieval_quality's held-out sample under prompt variants, item by item.
+
+    python benchmarks/diagnose_layout.py --repo GITDIR --rev REV --model GGUF [--kinds fim_line] \
+        [--variants served,with-header,line-head-in-prefix,no-heal]
+
+Variants (each one change to the served path, no retrieval, greedy):
+- `served`: as `strop serve` lays the prompt out;
+- `with-header`: the repository header (`<repo_name>`, `<file_sep>` and the path) whenever the
+  repository has a name, snippets or not (what strop did before 2026-12-07);
+- `no-header`: no repository header unless other files' snippets are shown;
+- `line-head-in-prefix`: the typed part of the cursor's line at the end of the FIM prefix, as a
+  plain FIM prompt has it, instead of after the middle marker (which keeps the suffix in the KV
+  cache across keystrokes);
+- `no-heal`: no token healing.
+
+The sample is the one bench_retrieval_quality.py draws (same `--items`, `--seed`), so the raw and
+served scores there pair with these. Results: benchmarks/results/served-layout-diagnosis-<repo>-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("served", "with-header", "no-header", "line-head-in-prefix", "no-heal")
+
+
+def variant_layout(name: str):
+    """core.fim.layout as the variant lays the prompt out."""
+    from core import fim
+
+    def layout(fmt, prefix, suffix, *, snippets=(), path="", language="", repo_name=""):
+        pieces = fim.layout(fmt, prefix, suffix, snippets=snippets, path=path, language=language, repo_name=repo_name)
+        if fmt is None or fmt.suffix_first:
+            return pieces
+        header = [fim.Special(fmt.repo_name), repo_name + "\n", fim.Special(fmt.file_sep), f"{path}\n"]
+        has_header = bool(fmt.repo_name) and pieces[:1] == header[:1]
+        if name == "with-header" and not has_header and fmt.file_sep and fmt.repo_name and repo_name:
+            pieces = header + pieces
+        if name == "no-header" and has_header and not snippets:
+            pieces = pieces[len(header):]
+        if name == "line-head-in-prefix":
+            head, line = fim.split_current_line(prefix)
+            if line and pieces[-1] == line and pieces[-2] == fim.Special(fmt.middle):
+                pieces = pieces[:-1]
+                at = pieces.index(fim.Special(fmt.suffix))
+                pieces.insert(at, line)
+        return pieces
+
+    return layout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", type=Path, required=True)
+    ap.add_argument("--rev", required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--items", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", default="fim_line,next_line,fim_block")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    import core.context as context
+    from benchmarks.latency.positions import repo_name_of
+    from core.completion import PromptSettings
+    from core.fim import layout as served_layout
+    from core.metrics import edit_similarity
+    from distill.evaluate import EvalConfig, Evaluator, comparable
+    from distill.split import SplitConfig, split_repo
+
+    work = Path(tempfile.mkdtemp(prefix="strop-diagnose-"))
+    dest = work / repo_name_of(args.repo).rsplit("/", 1)[-1]
+    subprocess.run(["git", "clone", "--quiet", str(args.repo), str(dest)], check=True)
+    subprocess.run(["git", "-C", str(dest), "checkout", "--quiet", "--detach", args.rev], check=True)
+    split = split_repo(dest, SplitConfig())
+    held_out = split.test() + split.validation()  # the same draw as bench_retrieval_quality.py
+    items = random.Random(args.seed).sample(held_out, min(args.items, len(held_out)))
+    items = [i for i in items if i.kind in args.kinds.split(",")]
+    print(f"{len(items)} items", flush=True)
+
+    ev = Evaluator(args.model, EvalConfig(), prompt=PromptSettings(), repo_name=dest.name, retriever=None)
+    limits = ev.completion.limits
+    per_item = {i.id: {"kind": i.kind, "path": i.path, "target": i.target.split("\n", 1)[0]} for i in items}
+    summary = {}
+    try:
+        for name in args.variants.split(","):
+            context.layout = served_layout if name in ("served", "no-heal") else variant_layout(name)
+            ev.completion.limits = replace(limits, heal=limits.heal and name != "no-heal")
+            t0, total = time.perf_counter(), 0.0
+            for item in items:
+                pred, target = comparable(item, ev.predict(item, 0.0))
+                es = edit_similarity(pred, target)
+                per_item[item.id][name] = {"es": round(es, 4), "prediction": pred}
+                total += es
+            summary[name] = {"edit_similarity": round(total / max(1, len(items)), 4),
+                             "seconds": round(time.perf_counter() - t0, 1)}
+            print(name, summary[name], flush=True)
+    finally:
+        context.layout = served_layout
+        ev.close()
+    out = (ROOT / "benchmarks" / "results"
+           / f"served-layout-diagnosis-{dest.name}-{args.model.stem}.json")
+    out.write_text(json.dumps({
+        "benchmark": "served path under prompt variants (diagnose_layout.py), first-line edit similarity, greedy",
+        "model": args.model.name, "repo": f"{repo_name_of(args.repo)}@{args.rev}",
+        "sample": {"items": args.items, "seed": args.seed, "kinds": args.kinds, "n": len(items)},
+        "summary": summary, "per_item": per_item}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
