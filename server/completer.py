@@ -91,6 +91,10 @@ class Completer:
         # Why requests got no suggestion: refused | no_model | superseded | emptied (by hygiene) |
         # cut_by_cap (a cap stopped generation before a whole line/statement)
         self.unanswered: Counter[str] = Counter()
+        # The last request's ladder, tokenized: the editor's cursor report that follows a keystroke's
+        # request is for the same state, and building and tokenizing it again cost ~30 ms of CPU the
+        # model's threads need (2 cores).
+        self._planned: tuple[Request, object, list[tuple[ctxmod.Context, Job]]] | None = None
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
     def _count(self, text: str) -> int:
@@ -156,6 +160,7 @@ class Completer:
             ctx, job = ladder[-1]
             return ctx, job, []
         ladder = [(ctx, replace(job, tokens=self.engine.tokenize(ctx.pieces))) for ctx, job in ladder]
+        self._planned = (req, self.engine.model, ladder)
         for i in range(len(ladder) - 1, -1, -1):
             ctx, job = ladder[i]
             if len(job.tokens) - self.engine.cached_prefix(job.tokens) <= cold:
@@ -167,7 +172,11 @@ class Completer:
         """Evaluate the prompts for `req` ahead of time, smallest first (the engine runs them only when idle)."""
         if self.engine.model is None or refusal(req, self.cfg):
             return
-        self.engine.warm(*(job for _, job in self.ladder(req)))
+        planned, model, ladder = self._planned or (None, None, None)
+        if not (planned is not None and model is self.engine.model and planned.uri == req.uri
+                and planned.offset == req.offset and planned.text == req.text and planned.others == req.others):
+            ladder = self.ladder(req)  # else: the editor reports the cursor where it just asked; reuse
+        self.engine.warm(*(job for _, job in ladder))
 
     async def complete(self, req: Request) -> Result | None:
         """A suggestion for the cursor, or None (nothing useful, superseded, or no model yet)."""

@@ -176,6 +176,8 @@ class Engine:
         self._pending: OrderedDict[str, tuple[Job, Future]] = OrderedDict()
         self._warm: OrderedDict[str, deque[Job]] = OrderedDict()  # per document: prompts to warm, in order
         self._warm_calls: dict[str, int] = {}  # per document: warm() calls so far (a newer one replaces)
+        self._warm_order: dict[str, int] = {}  # per document: when its latest warm() call came
+        self._warm_seq = 0
         self._running: Job | None = None
         self._worker: WorkerHandle | None = None
         self._resolved: ResolvedModel | None = None
@@ -336,7 +338,8 @@ class Engine:
     def warm(self, *jobs: Job) -> None:
         """Evaluate prompts of one document ahead of time, in order, when the engine would otherwise
         be idle (a ladder: each smaller prompt is usable as soon as it is done). Replaces the
-        document's earlier warm-ups."""
+        document's earlier warm-ups; the newest position goes first: a warm-up of another document
+        in flight stops (NativeAbort: within ~1 ms) and resumes after this document's ladder."""
         if self._stopped or self.model is None or not jobs:
             return
         todo = deque(j for j in (self._prepare(replace(job, warm_only=True, heal=False)) for job in jobs)
@@ -344,6 +347,8 @@ class Engine:
         key = jobs[0].key
         with self._cv:
             self._warm_calls[key] = self._warm_calls.get(key, 0) + 1
+            self._warm_seq += 1
+            self._warm_order[key] = self._warm_seq
             for job in todo:
                 job.warm_call = self._warm_calls[key]
             self._warm.pop(key, None)
@@ -352,9 +357,29 @@ class Engine:
             while len(self._warm) > max(1, self.slots):
                 self._warm.popitem(last=False)
             running = self._running
-            if running is not None and running.warm_only and running.key == key and self._worker:
-                self._worker.abort(running.id)  # a newer position of the same document
+            if running is not None and running.warm_only and self._worker:
+                if running.key == key and any(j.tokens == running.tokens for j in todo):
+                    running.warm_call = self._warm_calls[key]  # asked for again: let it run
+                    todo = deque(j for j in todo if j.tokens != running.tokens)
+                    if todo:
+                        self._warm[key] = todo
+                    else:
+                        self._warm.pop(key, None)
+                elif todo or running.key == key:
+                    self._worker.abort(running.id)  # a newer position: of this document, or the one in focus now
             self._cv.notify_all()
+
+    def _requeue_locked(self, key: str, job: Job) -> None:
+        """Put an interrupted warm-up back at the head of its document's ladder, the documents kept in
+        the order of their latest warm() call (the most recent is taken first)."""
+        rest = self._warm.get(key)
+        if rest is not None:
+            rest.appendleft(job)
+            return
+        self._warm[key] = deque([job])
+        order = self._warm_order
+        for k in sorted(self._warm, key=lambda k: order.get(k, 0)):
+            self._warm.move_to_end(k)
 
     @property
     def warming(self) -> int:
@@ -418,12 +443,10 @@ class Engine:
                 self._cached = cached
                 if job.warm_only and gen is not None and gen.stop_reason == "warm":
                     self.warmups += 1
-                elif job.warm_only and gen is None:  # yielded to a request: again after it, unless replaced
+                elif job.warm_only and gen is None:  # yielded: again later, unless its document moved on
                     with self._cv:
-                        if self._pending and not self._stopped and self._warm_calls.get(key) == job.warm_call:
-                            rest = self._warm.pop(key, None) or deque()
-                            rest.appendleft(job)
-                            self._warm[key] = rest
+                        if not self._stopped and self._warm_calls.get(key) == job.warm_call:
+                            self._requeue_locked(key, job)
                 if fut is not None:
                     _resolve(fut, gen)
             except WorkerCrashed as crash:

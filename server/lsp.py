@@ -42,6 +42,7 @@ from .rpc import StropProtocol
 log = logging.getLogger(__name__)
 
 MAX_OTHER_DOCS = 3
+WARM_DEFER_S = 0.03  # a cursor report's warm-up waits this long for a request right behind it
 
 
 def _arg(params, key: str, default=None):
@@ -95,6 +96,7 @@ class StropServer(LanguageServer):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cursor: dict | None = None  # the last strop/didMoveCursor: {"uri", "line", "character"}
         self.deferred_warm: tuple[str, t.Position] | None = None
+        self.warm_timers: dict[str, tuple[asyncio.TimerHandle, t.Position]] = {}  # warm-ups waiting WARM_DEFER_S
         self._watch_task: asyncio.Task | None = None
         self.index_service: IndexService | None = None  # the repository's BM25 index, kept fresh
 
@@ -200,7 +202,27 @@ class StropServer(LanguageServer):
         self.resolved = resolved
 
     def warm_up(self, uri: str, position: t.Position) -> None:
-        """Evaluate the prompt of a position ahead of the next keystroke (no generation)."""
+        """Evaluate the prompts of a position ahead of the next keystroke (no generation), after
+        WARM_DEFER_S: the editors report the cursor and ask for a completion on the same debounce, and
+        the request, which warms its own position's ladder, should not wait behind the warm-up."""
+        if self.loop is None or self.loop.is_closed():
+            self._warm_now(uri, position)
+            return
+        old = self.warm_timers.pop(uri, None)
+        if old is not None:
+            old[0].cancel()
+        self.warm_timers[uri] = (self.loop.call_later(WARM_DEFER_S, self._warm_now, uri, position), position)
+
+    def hold_warm_up(self, uri: str) -> tuple[str, t.Position] | None:
+        """A request for `uri` came: its deferred warm-up waits until the request is answered."""
+        held = self.warm_timers.pop(uri, None)
+        if held is None:
+            return None
+        held[0].cancel()
+        return uri, held[1]
+
+    def _warm_now(self, uri: str, position: t.Position) -> None:
+        self.warm_timers.pop(uri, None)
         if not self.enabled or self.completer is None or uri not in self.workspace.text_documents:
             return
         if self.engine.model is None:  # still loading: warm it once the model is there
@@ -367,6 +389,7 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         ls.measure_retention(uri, closing=True)
         ls.shadow.pop(uri, None)
         ls.focus.pop(uri, None)
+        ls.hold_warm_up(uri)  # dropped
         if ls.completer:
             ls.completer.cache.forget(uri)
 
@@ -375,11 +398,15 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         if not ls.enabled or ls.completer is None:
             return None
         trigger = "invoked" if params.context.trigger_kind == t.InlineCompletionTriggerKind.Invoked else "automatic"
+        held = ls.hold_warm_up(params.text_document.uri)
         try:
             req, pos = _request_from(ls, params.text_document.uri, params.position, trigger)
             result = await ls.completer.complete(req)
         except BadRequest as err:
             raise JsonRpcInvalidParams(str(err)) from err
+        finally:
+            if held is not None:
+                ls.warm_up(*held)
         if result is None:
             return t.InlineCompletionList(items=[])
         item = t.InlineCompletionItem(insert_text=result.insert_text, range=t.Range(pos, pos),
@@ -390,11 +417,15 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
     async def completion(ls: StropServer, params: t.CompletionParams):
         if not ls.enabled or ls.completer is None:
             return t.CompletionList(is_incomplete=True, items=[])
+        held = ls.hold_warm_up(params.text_document.uri)
         try:
             req, pos = _request_from(ls, params.text_document.uri, params.position, "invoked")
             result = await ls.completer.complete(req)
         except BadRequest as err:
             raise JsonRpcInvalidParams(str(err)) from err
+        finally:
+            if held is not None:
+                ls.warm_up(*held)
         if result is None:
             return t.CompletionList(is_incomplete=True, items=[])
         first = result.insert_text.split("\n", 1)[0]
