@@ -5,10 +5,10 @@ Runs in the worker process for serving (server/worker.py) and in-process for dis
    few saved per-sequence states (`llama_state_seq_*`), so switching between documents stays warm;
 2. evaluate the rest of the prompt in small chunks, checking for an abort and the prompt deadline
    between chunks (an aborted or timed-out evaluation keeps what it evaluated: the next job reuses
-   it); within a chunk, llama.cpp's abort callback (polled by ggml between graph nodes) stops the
-   call within about a millisecond of an abort, so a warm-up yields to a keystroke at once rather
-   than at the end of its chunk (llama.cpp drops the interrupted chunk from the KV cache); a
-   warm-up job stops here;
+   it); a warm-up's call is interrupted too (llama.cpp's abort callback, polled by ggml between
+   graph nodes, stops it within about a millisecond and the interrupted batch is dropped from the
+   KV cache), so it yields to a keystroke at once; a request's call is not: the request that
+   supersedes it shares its prefix and needs that work; a warm-up job stops here;
 3. generate with separate budgets: the prediction timers start at the first sampled token; past the
    soft budget generation stops at the next whole line/statement; the hard budget gives up (the
    caller then shows nothing rather than a fragment);
@@ -353,7 +353,9 @@ class Decoder:
                     and (time.perf_counter() - t0) * 1000 > job.prompt_deadline_ms):
                 return Generation("", (), len(tokens), reused, (time.perf_counter() - t0) * 1000, 0.0,
                                   "prompt_time", model.resolved.version)
-            if not self._native_abort.eval(llm, todo[i:i + chunk], abort):
+            if not job.warm_only:
+                llm.eval(todo[i:i + chunk])
+            elif not self._native_abort.eval(llm, todo[i:i + chunk], abort):
                 return None
         t_prompt = time.perf_counter()
         if job.warm_only:
