@@ -112,6 +112,8 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="picks the held-out items (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the JSON results (default benchmarks/results/retrieval-quality-<repository>-<model>.json)")
     args = ap.parse_args()
     from core.models import embedded_default
     from core.repo_context import RetrievalSettings, Retriever, offline_index
@@ -158,7 +160,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     from benchmarks.latency.positions import repo_name_of
 
-    out = RESULTS / f"retrieval-quality-{repo_name_of(args.repo).rsplit('/', 1)[-1]}-{model.stem}.json"
+    out = args.out or RESULTS / f"retrieval-quality-{repo_name_of(args.repo).rsplit('/', 1)[-1]}-{model.stem}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
