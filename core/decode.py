@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 PROMPT_CHUNK = 64  # tokens per decode while evaluating a prompt, until the canary has measured the speed
 CHUNK_MS = 500.0  # a prompt decode call should take about this long: an interrupted one loses at most that
-MIN_SAVED_TOKENS = 16  # a KV state shorter than this is not worth saving (~0.1 s to evaluate again; a prompt near the top of a file is shorter than the cold budget)
+# A KV state shorter than this is not worth saving (~0.1 s to evaluate again here); prompts near the
+# top of a file are shorter than the cold budget, so the floor is not the budget's.
+MIN_SAVED_TOKENS = 16
 MAX_HEAL_BYTES = 16
 N_DRAFT = 8
 NGRAM = 3
