@@ -51,6 +51,16 @@ class Context:
     pieces: list[Piece] = field(compare=False)
 
 
+TYPING_RESERVE_TOKENS = 16
+
+
+def typing_reserve(line_head_tokens: int) -> int:
+    """Prefix tokens left for the cursor's line: its count rounded up to TYPING_RESERVE_TOKENS, so
+    that typing on the line does not move the window's start (each move makes the KV cache hold
+    nothing of the prompt: a small cold window moved on every keystroke)."""
+    return TYPING_RESERVE_TOKENS * (line_head_tokens // TYPING_RESERVE_TOKENS + 1)
+
+
 def _aligned_window_start(lines: Sequence[str], end: int, budget: int, chunk: int, count: CountTokens) -> int:
     """Smallest chunk-aligned start s such that lines[s:end] fits the budget (approximately: counted
     chunk by chunk so each chunk's count can be reused; the engine trims the exact prompt)."""
@@ -141,8 +151,8 @@ def build(
     suffix_budget = local - prefix_budget if fmt else 0
 
     head_lines = before[:cut].splitlines(keepends=True)
-    start = _aligned_window_start(head_lines, len(head_lines), max(prefix_budget - count(line_head), 0),
-                                  budget.chunk_lines, count)
+    head_budget = max(prefix_budget - typing_reserve(count(line_head)), 0)
+    start = _aligned_window_start(head_lines, len(head_lines), head_budget, budget.chunk_lines, count)
     prefix = "".join(head_lines[start:]) + line_head
     suffix = _suffix_window(after, suffix_budget, count) if fmt else ""
 

@@ -91,10 +91,10 @@ class Completer:
         # Why requests got no suggestion: refused | no_model | superseded | emptied (by hygiene) |
         # cut_by_cap (a cap stopped generation before a whole line/statement)
         self.unanswered: Counter[str] = Counter()
-        # The last request's ladder, tokenized: the editor's cursor report that follows a keystroke's
-        # request is for the same state, and building and tokenizing it again cost ~30 ms of CPU the
-        # model's threads need (2 cores).
-        self._planned: tuple[Request, object, list[tuple[ctxmod.Context, Job]]] | None = None
+        # The rungs of the last state planned or warmed (index → tokenized context and job): the
+        # editor's cursor report that follows a keystroke's request is for the same state, and
+        # building and tokenizing it again costs CPU the model's threads need (2 cores).
+        self._rungs: tuple[Request, object, dict[int, tuple[ctxmod.Context, Job]]] | None = None
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one Completer per server; chunks repeat per keystroke
     def _count(self, text: str) -> int:
@@ -143,40 +143,63 @@ class Completer:
         return [cold] + ([int(math.sqrt(cold * full))] if full >= 4 * cold else []) + [None]
 
     def ladder(self, req: Request) -> list[tuple[ctxmod.Context, Job]]:
-        """The position's prompts, smallest first; the smaller ones hold no repository context."""
-        out = []
-        for budget in self.ladder_budgets():
-            ctx = self.build_context(req) if budget is None else self.build_context(req, total_tokens=budget, cold=True)
-            out.append((ctx, make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())))
-        return out
+        """The position's prompts, smallest first, not tokenized; the smaller ones hold no repository context."""
+        return [self._build_rung(req, budget) for budget in self.ladder_budgets()]
+
+    def _build_rung(self, req: Request, budget: int | None) -> tuple[ctxmod.Context, Job]:
+        ctx = self.build_context(req) if budget is None else self.build_context(req, total_tokens=budget, cold=True)
+        return ctx, make_job(ctx, key=req.uri, limits=self.cfg, sampling=self.sampling())
+
+    def _rungs_for(self, req: Request) -> dict[int, tuple[ctxmod.Context, Job]]:
+        """The rungs built so far for `req`'s state (kept for the next call with the same state)."""
+        planned, model, rungs = self._rungs or (None, None, None)
+        if not (planned is not None and model is self.engine.model and planned.uri == req.uri
+                and planned.offset == req.offset and planned.text == req.text and planned.others == req.others):
+            rungs = {}
+            self._rungs = (req, self.engine.model, rungs)
+        return rungs
+
+    def _climb_down(self, req: Request, cold: int) -> list[tuple[ctxmod.Context, Job]]:
+        """The rungs from the largest one whose new tokens fit the cold budget given what the engine
+        holds warm (else the smallest) up, tokenized. They are built from the largest
+        down: while typing, the full context is warm and it is the only one built (each rung costs a
+        context and a tokenization, ~3 ms of CPU the model's threads need)."""
+        budgets = self.ladder_budgets()
+        rungs = self._rungs_for(req)
+        for i in range(len(budgets) - 1, -1, -1):
+            if i not in rungs:
+                ctx, job = self._build_rung(req, budgets[i])
+                rungs[i] = (ctx, replace(job, tokens=self.engine.tokenize(ctx.pieces)))
+            tokens = rungs[i][1].tokens
+            if len(tokens) - self.engine.cached_prefix(tokens) <= cold:
+                break
+        return [rungs[j] for j in range(i, len(budgets))]
 
     def plan(self, req: Request) -> tuple[ctxmod.Context, Job, list[Job]]:
         """The job for a request: the largest prompt of the position's ladder whose new tokens fit the
         cold budget given what the engine holds warm, else the cold prompt with a deadline; and the
         larger prompts (already tokenized) to warm up afterwards."""
-        ladder = self.ladder(req)
         cold = self.cold_budget_tokens()
         if cold is None:
-            ctx, job = ladder[-1]
-            return ctx, job, []
-        ladder = [(ctx, replace(job, tokens=self.engine.tokenize(ctx.pieces))) for ctx, job in ladder]
-        self._planned = (req, self.engine.model, ladder)
-        for i in range(len(ladder) - 1, -1, -1):
-            ctx, job = ladder[i]
-            if len(job.tokens) - self.engine.cached_prefix(job.tokens) <= cold:
-                return ctx, job, [j for _, j in ladder[i + 1:]]
-        ctx, job = ladder[0]
-        return ctx, replace(job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms), [j for _, j in ladder[1:]]
+            return (*self._build_rung(req, None), [])
+        rungs = self._climb_down(req, cold)
+        ctx, job = rungs[0]
+        after = [j for _, j in rungs[1:]]
+        tokens = job.tokens
+        if len(tokens) - self.engine.cached_prefix(tokens) > cold:
+            job = replace(job, prompt_deadline_ms=3.0 * self.cfg.prompt_budget_ms)
+        return ctx, job, after
 
     def warm(self, req: Request) -> None:
-        """Evaluate the prompts for `req` ahead of time, smallest first (the engine runs them only when idle)."""
+        """Evaluate the prompts for `req` ahead of time (the engine runs them only when idle): the
+        largest rung that fits the cold budget and the larger ones, smallest first."""
         if self.engine.model is None or refusal(req, self.cfg):
             return
-        planned, model, ladder = self._planned or (None, None, None)
-        if not (planned is not None and model is self.engine.model and planned.uri == req.uri
-                and planned.offset == req.offset and planned.text == req.text and planned.others == req.others):
-            ladder = self.ladder(req)  # else: the editor reports the cursor where it just asked; reuse
-        self.engine.warm(*(job for _, job in ladder))
+        cold = self.cold_budget_tokens()
+        if cold is None:
+            self.engine.warm(self._build_rung(req, None)[1])
+            return
+        self.engine.warm(*(j for _, j in self._climb_down(req, cold)))
 
     async def complete(self, req: Request) -> Result | None:
         """A suggestion for the cursor, or None (nothing useful, superseded, or no model yet)."""
@@ -199,9 +222,15 @@ class Completer:
         if self.engine.model is None and not await self._wait_for_model():
             self.unanswered["no_model"] += 1
             return None
-        ctx, job, warm_after = self.plan(req)
+        # Building the prompt takes a few ms of CPU that a running warm-up's threads would share:
+        # the warm-up stops now rather than when the job is submitted.
+        self.engine.pause_warm_ups()
+        try:
+            ctx, job, warm_after = self.plan(req)
+            fut = self.engine.submit(job)
+        finally:
+            self.engine.resume_warm_ups()
         multiline = ctx.multiline
-        fut = self.engine.submit(job)
         try:
             # The engine owns its Future: shield it, so a cancelled request cannot cancel it.
             gen = await asyncio.shield(asyncio.wrap_future(fut))

@@ -17,6 +17,7 @@ editor made them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 from collections.abc import Sequence
@@ -138,11 +139,12 @@ def join_surrogates(text: str, at: int) -> str:
     return text
 
 
-def offset_at(text: str, line: int, character: int, encoding: str | None) -> int:
-    """The code-point offset in `text` of an LSP position, clamped as the module doc says."""
+def offset_at(text: str, line: int, character: int, encoding: str | None, starts: Sequence[int] | None = None) -> int:
+    """The code-point offset in `text` of an LSP position, clamped as the module doc says
+    (`starts`: `line_starts(text)`, when known)."""
     if line < 0:
         return 0
-    starts = line_starts(text)
+    starts = line_starts(text) if starts is None else starts
     if line >= len(starts):
         return len(text)
     start = starts[line]
@@ -158,17 +160,43 @@ class LspTextDocument(TextDocument):
     def lines(self) -> Sequence[str]:
         return tuple(split_lines(self.source))
 
+    def line_starts(self) -> list[int]:
+        """`line_starts` of the current text, kept until the text changes: a request reads it
+        several times, and scanning a large document each time cost milliseconds per keystroke."""
+        text = self.source
+        cached = getattr(self, "_starts", None)
+        if cached is None or cached[0] is not text:
+            cached = self._starts = (text, line_starts(text))
+        return cached[1]
+
+    def line_count(self) -> int:
+        return len(self.line_starts())
+
+    def line_text(self, line: int) -> str:
+        """Line `line` (0-based, existing) without its break."""
+        starts, text = self.line_starts(), self.source
+        end = starts[line + 1] if line + 1 < len(starts) else len(text)
+        return text[starts[line]:end].rstrip("\r\n")
+
+    def position_at(self, offset: int) -> t.Position:
+        """The LSP position of a code-point offset (clamped to the text)."""
+        starts, text = self.line_starts(), self.source
+        offset = max(0, min(offset, len(text)))
+        line = bisect.bisect_right(starts, offset) - 1
+        return t.Position(line, index_to_column(text[starts[line]:offset], offset - starts[line], self.encoding))
+
     @property
     def encoding(self) -> str | None:
         return self.position_codec.encoding
 
     def offset_at_position(self, client_position: t.Position) -> int:
-        return offset_at(self.source, client_position.line, client_position.character, self.encoding)
+        return offset_at(self.source, client_position.line, client_position.character, self.encoding,
+                         self.line_starts())
 
     def _apply_incremental_change(self, change: t.TextDocumentContentChangePartial) -> None:
-        text = self.source
-        start = offset_at(text, change.range.start.line, change.range.start.character, self.encoding)
-        end = offset_at(text, change.range.end.line, change.range.end.character, self.encoding)
+        text, starts = self.source, self.line_starts()
+        start = offset_at(text, change.range.start.line, change.range.start.character, self.encoding, starts)
+        end = offset_at(text, change.range.end.line, change.range.end.character, self.encoding, starts)
         if end < start:
             start, end = end, start
         new = join_surrogates(text[:start] + change.text + text[end:], start + len(change.text))
@@ -177,7 +205,7 @@ class LspTextDocument(TextDocument):
     def clamp(self, position: t.Position) -> t.Position:
         """`position` (on an existing line) with its character inside the line: past the end of the
         line it becomes the end, inside a character the position after it."""
-        content = split_lines(self.source)[position.line].rstrip("\r\n")
+        content = self.line_text(position.line)
         index = column_to_index(content, position.character, self.encoding)
         return t.Position(position.line, index_to_column(content, index, self.encoding))
 

@@ -179,6 +179,7 @@ class Engine:
         self._warm_order: dict[str, int] = {}  # per document: when its latest warm() call came
         self._warm_seq = 0
         self._running: Job | None = None
+        self._paused = 0  # requests being planned: no warm-up starts meanwhile (pause_warm_ups)
         self._worker: WorkerHandle | None = None
         self._resolved: ResolvedModel | None = None
         self._next: tuple | None = None
@@ -311,6 +312,21 @@ class Engine:
         tokens = job.tokens if job.tokens is not None else (self.tokenize(job.pieces) if self.model else [])
         return replace(job, tokens=tokens, pieces=(), id=job_id)
 
+    def pause_warm_ups(self) -> None:
+        """A request is being planned: the running warm-up stops (NativeAbort, within ~1 ms; it is
+        queued again) and none starts until `resume_warm_ups`, so the two do not share the cores and
+        the worker is free when the request is submitted."""
+        with self._cv:
+            self._paused += 1
+            running = self._running
+            if running is not None and running.warm_only and self._worker:
+                self._worker.abort(running.id)
+
+    def resume_warm_ups(self) -> None:
+        with self._cv:
+            self._paused = max(0, self._paused - 1)
+            self._cv.notify_all()
+
     def submit(self, job: Job) -> Future:
         """Queue a job; resolves to a Generation, or None when superseded, aborted or shut down."""
         fut: Future = Future()
@@ -404,8 +420,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while (not self._stopped and not self._pending and not self._warm and self._next is None
-                       and self._dead is None):
+                while (not self._stopped and not self._pending and (not self._warm or self._paused)
+                       and self._next is None and self._dead is None):
                     self._cv.wait()
                 if self._stopped:
                     return
@@ -418,7 +434,7 @@ class Engine:
                     self._recover(dead, dead._why())
                 continue
             with self._cv:
-                if not self._pending and not self._warm:
+                if not self._pending and (not self._warm or self._paused):
                     continue
                 if self._pending:
                     key, (job, fut) = self._pending.popitem(last=False)

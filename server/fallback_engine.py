@@ -172,6 +172,14 @@ class FallbackEngine:
     def warm(self, *jobs: Job) -> None:
         self._active().warm(*jobs)
 
+    def pause_warm_ups(self) -> None:
+        if self.local is not None:  # the remote's warm-ups do not run on this machine's cores
+            self.local.pause_warm_ups()
+
+    def resume_warm_ups(self) -> None:
+        if self.local is not None:
+            self.local.resume_warm_ups()
+
     def abort(self, job_key: str) -> None:
         self.remote.abort(job_key)
         if self.local is not None:

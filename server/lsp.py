@@ -23,7 +23,7 @@ from .completer import Completer, Request
 from core.completion_log import CompletionLog, open_log
 from .config import ServeConfig
 from core.context import OtherDocument
-from .documents import is_secret_document, uri_path
+from .documents import index_to_column, is_secret_document, offset_at, uri_path
 from .engine import Engine
 from .engine_factory import make_engine
 from .hot_swap import watch_registry
@@ -52,6 +52,17 @@ def _arg(params, key: str, default=None):
     if isinstance(params, dict):
         return params.get(key, default)
     return getattr(params, key, default)
+
+
+def cursor_after(before: str, doc, changes) -> t.Position | None:
+    """Where the cursor is after one edit that turned `before` into `doc`'s text: the end of the
+    inserted text (typing, deleting, pasting). None for a whole-text change or several at once (a
+    format, a multi-cursor edit)."""
+    if len(changes) != 1 or getattr(changes[0], "range", None) is None:
+        return None
+    rng = changes[0].range
+    start = min((rng.start.line, rng.start.character), (rng.end.line, rng.end.character))
+    return doc.position_at(offset_at(before, *start, doc.encoding) + len(changes[0].text))
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -291,11 +302,11 @@ def _request_from(ls: StropServer, uri: str, position: t.Position, trigger: str)
     if doc is None:
         raise BadRequest(f"document {uri} is not open: send textDocument/didOpen first.")
     text = doc.source
-    lines = doc.lines  # LSP's lines (server/documents.py)
+    n_lines = doc.line_count()  # LSP's lines (server/documents.py)
     if position.line < 0 or position.character < 0:
         raise BadRequest(f"position {position.line}:{position.character} is negative.")
-    if position.line >= len(lines):
-        raise BadRequest(f"line {position.line} is outside the document ({len(lines)} lines).")
+    if position.line >= n_lines:
+        raise BadRequest(f"line {position.line} is outside the document ({n_lines} lines).")
     position = doc.clamp(position)  # LSP: a character past the end of the line means the end of the line
     offset = doc.offset_at_position(position)
     others = ls.others(uri)
@@ -363,17 +374,22 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         # Until the editor reports the cursor (strop/didMoveCursor), warm the end of the document,
         # where code is most often added.
         doc = ls.workspace.text_documents.get(uri)
-        if doc is not None and doc.lines:
-            last = len(doc.lines) - 1
-            ls.warm_up(uri, t.Position(last, len(doc.lines[last].rstrip("\r\n").encode("utf-16-le", "surrogatepass")) // 2))
+        if doc is not None:
+            last = doc.line_count() - 1
+            content = doc.line_text(last)
+            ls.warm_up(uri, t.Position(last, index_to_column(content, len(content), doc.encoding)))
 
     @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: StropServer, params: t.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
         doc = ls.workspace.text_documents.get(uri)
         if doc is not None:
+            before = ls.shadow.get(uri)
             ls.note_change(uri, doc.source)
             ls.measure_retention(uri)
+            cursor = cursor_after(before, doc, params.content_changes) if before is not None else None
+            if cursor is not None:  # typing: warm the next request's prompt during the editor's debounce
+                ls.warm_up(uri, cursor)
 
     @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: StropServer, params: t.DidSaveTextDocumentParams) -> None:

@@ -181,6 +181,12 @@ class RemoteEngine:
             self._loop.call_soon_threadsafe(self._start, replace(job, tokens=tokens, pieces=(), warm_only=True,
                                                                  heal=False), None)
 
+    def pause_warm_ups(self) -> None:
+        """Nothing to pause: the remote server's warm-ups do not share this machine's cores."""
+
+    def resume_warm_ups(self) -> None:
+        """See pause_warm_ups."""
+
     @property
     def warming(self) -> int:
         """Warm-up requests in flight."""

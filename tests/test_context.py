@@ -37,6 +37,22 @@ def test_keystroke_keeps_the_prompt_prefix():
     assert render(b.pieces).endswith("<fim_middle>de")
 
 
+def test_typing_a_line_does_not_move_a_small_windows_start():
+    """A cold prompt's window is small and moves by 2 lines: it used to lose a line at its top on
+    almost every keystroke (the typed part counted against its budget), so the KV cache held
+    nothing of the next keystroke's prompt."""
+    offset = SOURCE.index("def f150")
+    starts = set()
+    for typed in ("", "d", "de", "def", "def g", "def g(", "def g(x", "def g(x):"):
+        text = SOURCE[:offset] + typed + SOURCE[offset:]
+        for fmt in (STARCODER, None):
+            ctx = build(text, offset + len(typed), fmt=fmt, count=count,
+                        budget=Budget(total_tokens=120, extra_share=0.0, chunk_lines=2))
+            assert ctx.prefix.endswith(typed)
+            starts.add((fmt is None, ctx.prefix[: len(ctx.prefix) - len(typed)]))
+    assert len(starts) == 2, starts  # one window per layout, whatever was typed
+
+
 def test_windows_respect_budget_and_align_to_chunks():
     offset = SOURCE.index("def f150")
     budget = Budget(total_tokens=400, chunk_lines=32)

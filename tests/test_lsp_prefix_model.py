@@ -10,7 +10,7 @@ from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
 
 from tests.lsp_support import (change_full, close_all_docs, eventually, inline, insert, item_id, open_doc, rows,
-                               send_raw, start, status)
+                               send_raw, start, status, until_status)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -62,6 +62,26 @@ async def test_prefix_only_completion_is_logged_with_its_context(served):
     assert row["prefix"].endswith("    return") and row["suffix"] == ""
     assert row["path"] == "add.py" and row["language"] == "python"
     assert row["latency_ms"] > 0 and row["n_prompt_tokens"] > 10
+
+
+async def test_an_edit_warms_the_prompt_at_its_end_before_the_request(served):
+    """The editor sends the change at once and asks after its debounce: the prompt of the position
+    the edit leaves the cursor at is evaluated in between, so the request only generates."""
+    client, home, root = served
+    uri = (root / "warm_on_change.py").as_uri()
+    opened = (await status(client))["warmups"]
+    open_doc(client, uri, SOURCE)
+    await until_status(client, lambda st: st["warmups"] > opened and st["warming"] == 0)  # the end of the file
+    pasted = "\n    total = a + b  # the sum of both numbers, checked below\n    if total"
+    insert(client, uri, 1, len('    """Return the sum of a and b."""'), pasted, 2)
+    await asyncio.sleep(0.15)  # the editor's debounce
+    await until_status(client, lambda st: st["warming"] == 0, timeout_s=20)
+    result = await inline(client, uri, 3, len("    if total"))
+    (item,) = result.items
+    row = next(r for r in rows(home) if r["id"] == item_id(item))
+    assert row["prefix"].endswith(pasted)
+    # ~20 new tokens were pasted; all but the healed last one were evaluated before the request.
+    assert row["n_prompt_tokens"] - row["n_reused_tokens"] <= 2, row
 
 
 async def test_accept_then_retention_on_save(served):

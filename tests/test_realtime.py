@@ -203,6 +203,52 @@ def test_a_warm_up_of_the_position_in_focus_goes_before_another_documents_long_o
         engine.close()
 
 
+def test_a_request_being_planned_stops_the_running_warm_up_and_none_starts_until_it_is_submitted(smollm_gguf) -> None:
+    """Building a request's prompt takes CPU the warm-up's threads would share (2 cores): the
+    warm-up stops when the request arrives, not when its job is submitted, and resumes after."""
+    import asyncio
+    import time
+
+    from server.completer import Completer, Request
+    from server.config import ServeConfig
+
+    def wait_for(cond, timeout: float) -> float:
+        t0 = time.monotonic()
+        while not cond() and time.monotonic() - t0 < timeout:
+            time.sleep(0.005)
+        assert cond()
+        return time.monotonic() - t0
+
+    engine = Engine(n_ctx=4096, n_threads=2, n_gpu_layers=0, slots=4)
+    try:
+        engine.load(ResolvedModel(smollm_gguf, "smollm", "smollm", "flag"))
+        long_job = _job(CODE, key="file:///r/a.py")
+        long_tokens = engine.tokenize(long_job.pieces)
+        engine.warm(long_job)
+        wait_for(lambda: engine._running is not None, 5)
+        time.sleep(0.3)
+        engine.pause_warm_ups()
+        assert wait_for(lambda: engine._running is None, 2) < 0.3  # stopped within a chunk's abort
+        time.sleep(0.6)
+        assert engine._running is None and engine.warming == 1  # queued again, not started while paused
+        engine.resume_warm_ups()
+        wait_for(lambda: engine._running is not None, 2)
+        # Through the completer: paused for the planning, resumed once the job is submitted.
+        completer = Completer(engine, ServeConfig(), None, repo="", repo_name="")
+        text = "def scale(value, factor):\n    return"
+        req = Request(uri="file:///r/b.py", path="b.py", language="python", text=text, offset=len(text))
+        running = engine._running
+        aborts, worker_abort = [], engine._worker.abort
+        engine._worker.abort = lambda job_id: aborts.append(job_id) or worker_abort(job_id)
+        plan, paused = completer.plan, []
+        completer.plan = lambda r: paused.append((engine._paused, list(aborts))) or plan(r)
+        assert asyncio.run(completer.complete(req)) is not None
+        assert paused == [(1, [running.id])] and engine._paused == 0  # the warm-up was told to stop first
+        wait_for(lambda: engine.cached_prefix(long_tokens) > 0 and engine._running is not None, 5)
+    finally:
+        engine.close()
+
+
 def test_a_position_warms_a_ladder_of_prompts_and_a_keystroke_takes_the_largest_one_warm(smollm_gguf) -> None:
     """On a slow CPU the full context takes seconds to evaluate: a cold keystroke gets a small
     prompt, and the next ones should not wait for the full one to be done to get more context."""
@@ -254,9 +300,19 @@ def test_a_position_warms_a_ladder_of_prompts_and_a_keystroke_takes_the_largest_
         engine.tokenize = lambda pieces: tokenized.append(1) or tokenize(pieces)
         completer.warm(typed)
         assert tokenized == []
+        # A keystroke's new state: its full prompt is warm but for the new character, so it is the
+        # only rung built and tokenized (from the largest down).
         completer.warm(Request(uri=req.uri, path=req.path, language=req.language, text=text + " va",
                                offset=len(text) + 3))
-        assert len(tokenized) == 3  # a new state is tokenized, each rung
+        assert len(tokenized) == 1
+        ctx, job, after = completer.plan(Request(uri=req.uri, path=req.path, language=req.language,
+                                                 text=text + " val", offset=len(text) + 4))
+        assert len(tokenized) == 2 and abs(len(job.tokens) - sizes[2]) <= 3 and after == []
+        # A position where nothing is warm: every rung, down to the cold one.
+        far = CODE.replace("value", "amount") + "def other(amount):\n    return"
+        ctx, job, after = completer.plan(Request(uri=req.uri, path=req.path, language=req.language, text=far,
+                                                 offset=len(far)))
+        assert len(tokenized) == 5 and len(job.tokens) <= 48 + 16 and len(after) == 2
         engine.tokenize = tokenize
     finally:
         engine.close()
