@@ -49,6 +49,7 @@ LOAD_TIMEOUT_S = 300.0
 CRASH_WINDOW_S = 120.0
 CRASHES_BEFORE_FALLBACK = 3
 MAX_RESTARTS = 6  # in a row without a successful load
+WARM_TAIL_TOKENS = 16  # a running warm-up whose prompt a new one shares but for this many last tokens goes on
 
 
 class WorkerCrashed(Exception):
@@ -381,6 +382,13 @@ class Engine:
                         self._warm[key] = todo
                     else:
                         self._warm.pop(key, None)
+                elif running.key == key and any(common_prefix(running.tokens, j.tokens) >= len(running.tokens) - WARM_TAIL_TOKENS
+                                                for j in todo):
+                    # The same prompt a few keys on (typing): the new one needs what this one evaluates.
+                    # Aborting it on every keystroke lost its decode call each time, so while the user
+                    # typed a long prompt never got warm. Its warm_call stays old: if a request interrupts
+                    # it, it is not queued again (the new ladder holds its successor).
+                    pass
                 elif todo or running.key == key:
                     self._worker.abort(running.id)  # a newer position: of this document, or the one in focus now
             self._cv.notify_all()

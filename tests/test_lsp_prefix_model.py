@@ -73,9 +73,10 @@ async def test_an_edit_warms_the_prompt_at_its_end_before_the_request(served):
     open_doc(client, uri, SOURCE)
     await until_status(client, lambda st: st["warmups"] > opened and st["warming"] == 0)  # the end of the file
     pasted = "\n    total = a + b  # the sum of both numbers, checked below\n    if total"
+    before = (await status(client))["warmups"]
     insert(client, uri, 1, len('    """Return the sum of a and b."""'), pasted, 2)
     await asyncio.sleep(0.15)  # the editor's debounce
-    await until_status(client, lambda st: st["warming"] == 0, timeout_s=20)
+    await until_status(client, lambda st: st["warmups"] > before and st["warming"] == 0, timeout_s=20)
     result = await inline(client, uri, 3, len("    if total"))
     (item,) = result.items
     row = next(r for r in rows(home) if r["id"] == item_id(item))
