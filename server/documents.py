@@ -156,6 +156,8 @@ def offset_at(text: str, line: int, character: int, encoding: str | None, starts
 class LspTextDocument(TextDocument):
     """pygls's TextDocument with LSP's lines and clamped positions (the module doc)."""
 
+    last_edit_end = 0  # code-point offset where the last incremental change's inserted text ends
+
     @property
     def lines(self) -> Sequence[str]:
         return tuple(split_lines(self.source))
@@ -201,6 +203,7 @@ class LspTextDocument(TextDocument):
             start, end = end, start
         new = join_surrogates(text[:start] + change.text + text[end:], start + len(change.text))
         self._source = join_surrogates(new, start)
+        self.last_edit_end = min(start + len(change.text), len(self._source))  # where the cursor is after it
 
     def clamp(self, position: t.Position) -> t.Position:
         """`position` (on an existing line) with its character inside the line: past the end of the

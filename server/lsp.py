@@ -23,7 +23,7 @@ from .completer import Completer, Request
 from core.completion_log import CompletionLog, open_log
 from .config import ServeConfig
 from core.context import OtherDocument
-from .documents import index_to_column, is_secret_document, offset_at, uri_path
+from .documents import index_to_column, is_secret_document, uri_path
 from .engine import Engine
 from .engine_factory import make_engine
 from .hot_swap import watch_registry
@@ -54,15 +54,12 @@ def _arg(params, key: str, default=None):
     return getattr(params, key, default)
 
 
-def cursor_after(before: str, doc, changes) -> t.Position | None:
-    """Where the cursor is after one edit that turned `before` into `doc`'s text: the end of the
-    inserted text (typing, deleting, pasting). None for a whole-text change or several at once (a
-    format, a multi-cursor edit)."""
+def cursor_after(doc, changes) -> t.Position | None:
+    """Where the cursor is after one edit applied to `doc`: the end of the inserted text (typing,
+    deleting, pasting). None for a whole-text change or several at once (a format, a multi-cursor edit)."""
     if len(changes) != 1 or getattr(changes[0], "range", None) is None:
         return None
-    rng = changes[0].range
-    start = min((rng.start.line, rng.start.character), (rng.end.line, rng.end.character))
-    return doc.position_at(offset_at(before, *start, doc.encoding) + len(changes[0].text))
+    return doc.position_at(doc.last_edit_end)
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -384,10 +381,9 @@ def build_server(cfg: ServeConfig, *, explicit_model: Path | None = None) -> Str
         uri = params.text_document.uri
         doc = ls.workspace.text_documents.get(uri)
         if doc is not None:
-            before = ls.shadow.get(uri)
             ls.note_change(uri, doc.source)
             ls.measure_retention(uri)
-            cursor = cursor_after(before, doc, params.content_changes) if before is not None else None
+            cursor = cursor_after(doc, params.content_changes)
             if cursor is not None:  # typing: warm the next request's prompt during the editor's debounce
                 ls.warm_up(uri, cursor)
 

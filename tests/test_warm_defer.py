@@ -48,7 +48,7 @@ def test_the_cursor_after_an_edit_is_the_end_of_the_inserted_text() -> None:
         doc = LspTextDocument("file:///a.py", source=text, position_codec=PositionCodec(encoding))
         change = t.TextDocumentContentChangePartial(range=t.Range(t.Position(l0, c0), t.Position(l1, c1)), text=new)
         doc.apply_change(change)
-        return lsp.cursor_after(text, doc, [change])
+        return lsp.cursor_after(doc, [change])
 
     text = "def f(x):\n    return x\n"
     assert after(text, 1, 10, 1, 10, "a") == t.Position(1, 11)  # a keystroke
@@ -60,6 +60,6 @@ def test_the_cursor_after_an_edit_is_the_end_of_the_inserted_text() -> None:
     assert after(text, 0, 0, 0, 0, "😀", t.PositionEncodingKind.Utf32) == t.Position(0, 1)
     assert after(text, 1, 2**31 - 1, 1, 2**31 - 1, "!") == t.Position(1, 13)  # past the line's end: at its end
     doc = LspTextDocument("file:///a.py", source=text)
-    assert lsp.cursor_after(text, doc, [t.TextDocumentContentChangeWholeDocument(text="all new")]) is None
+    assert lsp.cursor_after(doc, [t.TextDocumentContentChangeWholeDocument(text="all new")]) is None
     two = [t.TextDocumentContentChangePartial(range=t.Range(t.Position(0, 0), t.Position(0, 0)), text="a")] * 2
-    assert lsp.cursor_after(text, doc, two) is None  # several at once (multi-cursor)
+    assert lsp.cursor_after(doc, two) is None  # several at once (multi-cursor)
