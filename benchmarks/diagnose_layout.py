@@ -12,7 +12,14 @@ Variants (each one change to the served path, no retrieval, greedy):
 - `line-head-in-prefix`: the typed part of the cursor's line at the end of the FIM prefix, as a
   plain FIM prompt has it, instead of after the middle marker (which keeps the suffix in the KV
   cache across keystrokes);
-- `no-heal`: no token healing.
+- `no-heal`: no token healing;
+- `header-framed-snippets`: with `--retrieval`, a FIM hole's repository snippets in the
+  repository-level format (`<repo_name>`, `<file_sep>` and paths before the FIM prompt), as strop
+  laid them out until 2026-12-07, instead of at the head of the FIM prefix under path comments;
+- `no-retrieval`: with `--retrieval`, the served path without it.
+
+`--retrieval` gives the served path the repository index of the split's training side
+(`[prompt] retrieval_k`, as bench_retrieval_quality.py's served+retrieval arm).
 
 The sample is the one bench_retrieval_quality.py draws (same `--items`, `--seed`), so the raw and
 served scores there pair with these. Results: benchmarks/results/served-layout-diagnosis-<repo>-<model>.json.
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("served", "with-header", "no-header", "line-head-in-prefix", "no-heal")
+RETRIEVAL_VARIANTS = ("no-retrieval", "served", "header-framed-snippets")
 
 
 def variant_layout(name: str):
@@ -41,6 +49,10 @@ def variant_layout(name: str):
     from core import fim
 
     def layout(fmt, prefix, suffix, *, snippets=(), path="", language="", repo_name=""):
+        if name == "header-framed-snippets" and fmt is not None and fmt.file_sep and snippets and suffix.strip():
+            framed = fim.layout(fmt, prefix, "", snippets=snippets, path=path, language=language, repo_name=repo_name)
+            hole = fim.layout(fmt, prefix, suffix, path=path, language=language, repo_name=repo_name)
+            return framed[:framed.index(fim.Special(fmt.prefix))] + hole
         pieces = fim.layout(fmt, prefix, suffix, snippets=snippets, path=path, language=language, repo_name=repo_name)
         if fmt is None or fmt.suffix_first:
             return pieces
@@ -69,13 +81,18 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", default="fim_line,next_line,fim_block")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=None,
+                    help=f"default {','.join(VARIANTS)}; with --retrieval {','.join(RETRIEVAL_VARIANTS)}")
+    ap.add_argument("--retrieval", action="store_true", help="repository retrieval over the training side")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.variants = args.variants or ",".join(RETRIEVAL_VARIANTS if args.retrieval else VARIANTS)
     import core.context as context
     from benchmarks.latency.positions import repo_name_of
     from core.completion import PromptSettings
     from core.fim import layout as served_layout
     from core.metrics import edit_similarity
+    from core.repo_context import RetrievalSettings, Retriever, offline_index
     from distill.evaluate import EvalConfig, Evaluator, comparable
     from distill.split import SplitConfig, split_repo
 
@@ -89,14 +106,19 @@ def main() -> int:
     items = [i for i in items if i.kind in args.kinds.split(",")]
     print(f"{len(items)} items", flush=True)
 
-    ev = Evaluator(args.model, EvalConfig(), prompt=PromptSettings(), repo_name=dest.name, retriever=None)
+    retriever = None
+    if args.retrieval:
+        index = offline_index(dest, split.train_files)
+        retriever = Retriever(lambda: index, RetrievalSettings())
+    ev = Evaluator(args.model, EvalConfig(), prompt=PromptSettings(), repo_name=dest.name, retriever=retriever)
     limits = ev.completion.limits
     per_item = {i.id: {"kind": i.kind, "path": i.path, "target": i.target.split("\n", 1)[0]} for i in items}
     summary = {}
     try:
         for name in args.variants.split(","):
-            context.layout = served_layout if name in ("served", "no-heal") else variant_layout(name)
+            context.layout = served_layout if name in ("served", "no-heal", "no-retrieval") else variant_layout(name)
             ev.completion.limits = replace(limits, heal=limits.heal and name != "no-heal")
+            ev.completion.retriever = None if name == "no-retrieval" else retriever
             t0, total = time.perf_counter(), 0.0
             for item in items:
                 pred, target = comparable(item, ev.predict(item, 0.0))
@@ -109,12 +131,13 @@ def main() -> int:
     finally:
         context.layout = served_layout
         ev.close()
-    out = (ROOT / "benchmarks" / "results"
-           / f"served-layout-diagnosis-{dest.name}-{args.model.stem}.json")
+    out = args.out or (ROOT / "benchmarks" / "results" / f"served-layout-diagnosis-{dest.name}-{args.model.stem}"
+                       f"{'-retrieval' if args.retrieval else ''}.json")
     out.write_text(json.dumps({
         "benchmark": "served path under prompt variants (diagnose_layout.py), first-line edit similarity, greedy",
         "model": args.model.name, "repo": f"{repo_name_of(args.repo)}@{args.rev}",
         "sample": {"items": args.items, "seed": args.seed, "kinds": args.kinds, "n": len(items)},
+        "retrieval": args.retrieval,
         "summary": summary, "per_item": per_item}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

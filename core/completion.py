@@ -112,10 +112,11 @@ def clean_generation(gen: Generation, ctx: ctxmod.Context, suffix: str, multilin
     truncated = not gen.complete
     if truncated and not multiline:
         return postprocess.Cleaned("", ("incomplete_line",))
+    enclosing = enclosing_of(ctx)
     cleaned = postprocess.clean(gen.text, line_head=ctx.line_head, line_tail=ctx.line_tail, suffix=suffix,
-                                multiline=multiline, truncated=truncated)
+                                multiline=multiline, truncated=truncated, enclosing=enclosing)
     if truncated:
-        whole = postprocess.whole_statements(cleaned.text, ctx.line_head, enclosing_of(ctx))
+        whole = postprocess.whole_statements(cleaned.text, ctx.line_head, enclosing)
         if whole != cleaned.text:
             return postprocess.Cleaned(whole, cleaned.rules + ("incomplete_statement",))
     return cleaned

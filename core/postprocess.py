@@ -161,17 +161,21 @@ def _unquoted(line: str):
             yield i, ch
 
 
-def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
-    """On the completion's first line, cut at a closing bracket that has nothing left to close:
-    brackets opened earlier on the cursor's line can be closed, unless the text after the cursor
-    already closes them. (Later lines may close brackets opened on earlier lines of the file.)"""
+def balance_brackets(text: str, line_head: str, line_tail: str, *, enclosing: int = 0, after: str = "") -> str:
+    """On the completion's first line, cut at a closing bracket that has nothing left to close.
+
+    It may close brackets opened earlier on the cursor's line and the `enclosing` ones earlier lines
+    left open (the `) -> str:` that ends a multi-line signature), except those that the text after
+    the cursor already closes: `line_tail`, then `after` (the lines below the cursor's line).
+    (Later lines of a completion may close brackets opened on its earlier lines.)"""
     open_on_line = 0
     for ch in line_head:
         if ch in OPENERS:
             open_on_line += 1
         elif ch in CLOSERS:
             open_on_line = max(0, open_on_line - 1)
-    closable = max(0, open_on_line - sum(1 for ch in line_tail if ch in CLOSERS))
+    openers = open_on_line + max(0, enclosing)
+    closable = max(0, openers - unmatched_closers(line_tail + "\n" + after, limit=openers))
     depth = 0
     for i, ch in _unquoted(first_line(text)):
         if ch in OPENERS:
@@ -183,20 +187,43 @@ def balance_brackets(text: str, line_head: str, line_tail: str) -> str:
     return text
 
 
-def bracket_depth(text: str, *, ignore_unmatched: bool = False) -> int:
-    """Open brackets left by `text`, outside string literals of one line (a cheap, language-agnostic
-    reading: good enough to tell a finished statement from one that continues). `ignore_unmatched`:
-    a closer with nothing open counts for nothing (for text that may start inside a bracket)."""
-    depth = 0
-    for line in text.split("\n"):
+SCAN_LINES_FOR_CLOSERS = 200  # an enclosing bracket closes within this many lines, or is not counted as closed
+
+
+def _scan_brackets(text: str, *, max_lines: int | None = None, limit: int | None = None) -> tuple[int, int]:
+    """(brackets `text` leaves open, closers in it that close nothing it opened), outside string
+    literals of one line and `#` comments; over at most `max_lines` lines, stopping once `limit`
+    closers closed nothing (a cheap, language-agnostic reading: good enough to tell a finished
+    statement from one that continues)."""
+    lines = text.split("\n") if max_lines is None else text.split("\n", max_lines)[:max_lines]
+    depth = unmatched = 0
+    for line in lines:
+        if limit is not None and unmatched >= limit:
+            break
         for _, ch in _unquoted(line):
             if ch == "#" and depth == 0:
                 break
             if ch in OPENERS:
                 depth += 1
             elif ch in CLOSERS:
-                depth = max(0, depth - 1) if ignore_unmatched else depth - 1
-    return depth
+                if depth:
+                    depth -= 1
+                else:
+                    unmatched += 1
+    return depth, unmatched
+
+
+def unmatched_closers(text: str, *, limit: int) -> int:
+    """Closing brackets in `text` that close brackets opened before it, up to `limit`, over at most
+    SCAN_LINES_FOR_CLOSERS lines (a request must not scan a whole long file)."""
+    return min(_scan_brackets(text, max_lines=SCAN_LINES_FOR_CLOSERS, limit=limit)[1], limit)
+
+
+def bracket_depth(text: str, *, ignore_unmatched: bool = False) -> int:
+    """Open brackets left by `text`; `ignore_unmatched`: a closer with nothing open counts for
+    nothing (for text that may start inside a bracket), else it counts −1."""
+    depth, unmatched = _scan_brackets(text)
+    return depth if ignore_unmatched else depth - unmatched
 
 
 IMPORT_STAR = re.compile(r"\bimport\s+\*$")  # `from m import *` ends in `*` and is whole
@@ -255,8 +282,9 @@ def drop_partial_line(text: str) -> str:
 
 
 def clean(text: str, *, line_head: str, line_tail: str, suffix: str, multiline: bool,
-          truncated: bool = False) -> Cleaned:
-    """`truncated`: generation stopped at its token or time cap rather than where it chose to."""
+          truncated: bool = False, enclosing: int = 0) -> Cleaned:
+    """`suffix`: all the text after the cursor; `truncated`: generation stopped at its token or time
+    cap rather than where it chose to; `enclosing`: brackets the lines before the cursor's left open."""
     applied: list[str] = []
 
     def step(name: str, out: str) -> str:
@@ -271,6 +299,8 @@ def clean(text: str, *, line_head: str, line_tail: str, suffix: str, multiline: 
                    first_line(current) if not multiline else block_scope(current, line_head))
     current = step("repetition", cut_repetition(current))
     current = step("suffix_overlap", trim_suffix_overlap(current, suffix))
-    current = step("brackets", balance_brackets(current, line_head, line_tail))
+    nl = suffix.find("\n")
+    current = step("brackets", balance_brackets(current, line_head, line_tail, enclosing=enclosing,
+                                                after=suffix[nl + 1:] if nl >= 0 else ""))
     current = step("trailing_ws", strip_trailing_whitespace(current) if current.strip() else "")
     return Cleaned(current, tuple(applied))

@@ -76,26 +76,33 @@ def test_new_line_does_not_move_window_until_budget_exceeded():
 def test_other_documents_come_first_and_are_bounded():
     other = OtherDocument("lib/util.py", "def helper():\n    return 42\n" * 50, focus_line=10)
     ctx = build(SOURCE, 100, fmt=STARCODER, count=count, budget=Budget(total_tokens=800), path="main.py",
-                others=[other])
+                language="python", others=[other])
     text = render(ctx.pieces)
-    assert text.startswith("<file_sep>lib/util.py\n")
-    assert text.index("<file_sep>main.py\n") < text.index("<fim_prefix>")
+    assert text.startswith("<fim_prefix># lib/util.py\ndef helper():")
+    assert text.index("\n# main.py\n") < text.index(SOURCE[:20]) < text.index("<fim_suffix>")
     assert sum(count(s.text) for s in ctx.snippets) <= 800 * 0.25
 
 
-def test_the_repository_header_frames_other_files_and_prefix_only_completions():
-    """A FIM hole with text after it and no snippet gets the plain file-level prompt (the header cost
-    Qwen2.5-Coder-0.5B 9–18 points there); with snippets, or with nothing after the cursor (the
-    repository-level format continues the last file), the repository-level one."""
+def test_a_fim_hole_gets_the_file_level_prompt_and_a_files_end_the_repository_level_one():
+    """A FIM hole with text after it gets the plain file-level prompt, other files' snippets at the
+    head of its prefix under path comments (the repository header cost Qwen2.5-Coder-0.5B 9–18
+    points there, and header-framed snippets 4.9 more than these); with nothing after the cursor (the
+    repository-level format continues the last file) the header frames the snippets and the file."""
     budget = Budget(total_tokens=800)
     alone = render(build(SOURCE, 100, fmt=STARCODER, count=count, budget=budget, path="main.py",
                          repo_name="tally").pieces)
-    assert alone.startswith("<fim_prefix>") and "<repo_name>" not in alone and "<file_sep>" not in alone
+    assert alone.startswith("<fim_prefix>def f0") and "<repo_name>" not in alone and "<file_sep>" not in alone
     at_end = render(build(SOURCE + "\n", len(SOURCE), fmt=STARCODER, count=count, budget=budget, path="main.py",
                           repo_name="tally").pieces)
     assert at_end.startswith("<repo_name>tally\n<file_sep>main.py\n<fim_prefix>")
     other = OtherDocument("lib/util.py", "def helper():\n    return 42\n", focus_line=0)
-    framed = render(build(SOURCE, 100, fmt=STARCODER, count=count, budget=budget, path="main.py",
+    hole = build(SOURCE, 100, fmt=STARCODER, count=count, budget=budget, path="main.py", language="python",
+                 repo_name="tally", others=[other])
+    assert render(hole.pieces).startswith("<fim_prefix># lib/util.py\ndef helper():\n    return 42\n# main.py\ndef f0")
+    assert "<repo_name>" not in render(hole.pieces) and "<file_sep>" not in render(hole.pieces)
+    # The snippets are a piece of their own ahead of the file: typing keeps them in the KV cache.
+    assert hole.pieces[:2] == [Special("<fim_prefix>"), "# lib/util.py\ndef helper():\n    return 42\n# main.py\n"]
+    framed = render(build(SOURCE + "\n", len(SOURCE), fmt=STARCODER, count=count, budget=budget, path="main.py",
                           repo_name="tally", others=[other]).pieces)
     assert framed.startswith("<repo_name>tally\n<file_sep>lib/util.py\n")
     assert framed.index("<file_sep>main.py\n") < framed.index("<fim_prefix>")

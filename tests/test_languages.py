@@ -45,7 +45,7 @@ def test_line_comment_markers():
 def test_prefix_only_layout_marks_snippet_paths_with_the_tables_comment():
     pieces = layout(None, "x = 1\n", "", snippets=[Snippet("lib/util.lua", "local M = {}")], path="a.lua",
                     language="lua")
-    assert pieces[:2] == ["-- lib/util.lua\nlocal M = {}\n", "-- a.lua\n"]
+    assert pieces == ["-- lib/util.lua\nlocal M = {}\n-- a.lua\n", "x = 1\n"]
 
 
 def test_a_suffix_listed_for_two_languages_is_refused():

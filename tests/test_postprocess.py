@@ -2,8 +2,8 @@
 
 import pytest
 
-from core.postprocess import (balance_brackets, block_scope, clean, cut_repetition, drop_partial_line, first_line,
-                                generation_done, trim_suffix_overlap)
+from core.postprocess import (SCAN_LINES_FOR_CLOSERS, balance_brackets, block_scope, clean, cut_repetition,
+                              drop_partial_line, first_line, generation_done, trim_suffix_overlap, unmatched_closers)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -50,6 +50,33 @@ def test_trim_suffix_overlap(text, suffix, expected):
 ])
 def test_balance_brackets(text, head, tail, expected):
     assert balance_brackets(text, head, tail) == expected
+
+
+@pytest.mark.parametrize("text, enclosing, after, expected", [
+    # the line that ends a multi-line signature (encode/starlette routing.py: it used to be emptied)
+    (") -> tuple[Pattern[str], str]:", 1, "    path_regex = '^'\n    return path_regex\n", ") -> tuple[Pattern[str], str]:"),
+    ("b=2)", 1, ")\nx = 1\n", "b=2"),  # an argument line: the call's `)` is already below
+    ("]", 2, "}\n", "]"),  # two open, the suffix closes one
+    ("])", 2, "}\n", "]"),
+    ("x)", 1, "    f(a)  # (\n)\n", "x"),  # balanced brackets and comments below do not count
+    ("x)", 1, "s = ')'\n", "x)"),  # nor brackets inside strings
+    ("}", 0, "", ""),
+])
+def test_balance_brackets_closes_what_earlier_lines_opened_unless_the_suffix_does(text, enclosing, after, expected):
+    assert balance_brackets(text, "", "", enclosing=enclosing, after=after) == expected
+
+
+def test_unmatched_closers_scans_a_bounded_number_of_lines():
+    far = "x\n" * (SCAN_LINES_FOR_CLOSERS + 5) + ")\n"
+    assert unmatched_closers(")\n" + far, limit=3) == 1
+    assert unmatched_closers("a)\nb]\nc}", limit=2) == 2
+
+
+def test_clean_keeps_a_closing_line_inside_brackets_the_prefix_opened():
+    out = clean(") -> str:\n", line_head="", line_tail="", suffix="\n    return path\n", multiline=False,
+                enclosing=1)
+    assert out.text == ") -> str:"
+    assert clean(") -> str:\n", line_head="", line_tail="", suffix="\n    return path\n", multiline=False).text == ""
 
 
 def test_clean_applies_rules_in_order_and_reports_them():
@@ -117,3 +144,19 @@ def test_enclosing_depth_ignores_closers_of_brackets_opened_before_the_window():
     assert enclosing_depth("x = f(a)\n") == 0 and enclosing_depth("x = {\n    'a': (1,\n") == 2
     cut = "url: URL | str,\n    *,\n    params: QueryParamTypes | None = None,"
     assert whole_statements(cut, "    ", enclosing_depth(before)) == cut
+
+
+def test_the_completion_path_reads_the_open_brackets_from_the_prompt():
+    """The one completion path passes what the prefix left open: a FIM hole on the line that closes a
+    multi-line signature keeps its `)` (encode/starlette routing.py, served empty before)."""
+    from core.completion import clean_generation
+    from core.context import build
+    from core.decode import Generation
+
+    text = "def compile_path(\n    path: str,\n\n    path_regex = '^'\n    return path_regex\n"
+    offset = text.index("\n\n") + 1
+    ctx = build(text, offset, fmt=None, count=len)
+    gen = Generation(") -> str:\n", (1,), 1, 0, 0, 0, "newline", "v")
+    assert clean_generation(gen, ctx, text[offset:], multiline=False).text == ") -> str:"
+    closed = text[:offset] + ")\n" + text[offset:]  # the signature is already closed below the cursor
+    assert clean_generation(gen, build(closed, offset, fmt=None, count=len), closed[offset:], multiline=False).text == ""
