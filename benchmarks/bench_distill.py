@@ -130,18 +130,9 @@ def sampling_throughput(model: Path, prompts: list, cfg, work: Path, rounds: int
 def requantised_control(base: Path, qtype: str, dest: Path) -> Path:
     """The base model re-quantised to the candidate's type, with no training: isolates what export's
     quantisation alone changes (SmolLM2 ships as Q4_1; candidates are exported as Q8_0)."""
-    import llama_cpp
+    from distill.quantize import quantize_gguf
 
-    from distill.quantize import QTYPES
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QTYPES[qtype.upper()])
-    params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(base).encode(), str(dest).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"re-quantising {base} to {qtype} failed ({rc})")
-    return dest
+    return quantize_gguf(base, dest, qtype, allow_requantize=True)
 
 
 def quality(report: dict, base: Path, control: Path, validation: list, test: list, cfg, **prompt) -> dict:

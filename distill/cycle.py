@@ -357,9 +357,20 @@ def _evaluate(run: _Run) -> None:
     test = read_jsonl(run.d / "test.jsonl", EvalItem)
     base_t = float(run.serving.decoding.get("temperature", 0.0))
     log.info(f"evaluating on {len(test)} held-out items (T_eval tuned on {len(val)} validation items)")
+    control = None
+    if run.cfg.eval.precision_control:
+        from .quantize import precision_control
+
+        control = precision_control(run.base_gguf, run.cfg.quantization, run.d / "control-{}.gguf".format(
+            run.cfg.quantization.lower()))
+        if control is not None:
+            log.info(f"the base, re-quantised to {run.cfg.quantization} without training, is scored too: "
+                     "the candidate must beat it, not only the export's precision")
     verdict = compare(run.candidate, run.base_gguf, val, test, run.cfg.eval, prompt=run.cfg.prompt,
                       repo_name=run.repo.name, retriever=run.retriever(), baseline_temperature=base_t,
-                      progress=run.progress)
+                      progress=run.progress, control=control)
+    if control is not None:
+        control.unlink(missing_ok=True)
     write_report(verdict, run.d)
 
 

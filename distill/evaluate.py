@@ -46,6 +46,10 @@ class EvalConfig:
     guard_exact_match_drop: float = 0.02  # largest tolerated drop in exact match (and no significant loss)
     humaneval_tasks: int = 100  # HumanEval single-line infilling guard: tasks (0: off); pass@1 may fall ≤ 1 point
     humaneval_max_drop: float = 1.0
+    # The candidate must also beat the base re-quantised to its type without training, when the base
+    # has another type (bench_mix, encode/httpx: a LoRA candidate's whole +1.3 over a Q4_1 base was
+    # the Q8_0 export's; the untrained control scored the same and the gate would have promoted it).
+    precision_control: bool = True
     guard_perplexity_rise: float = 0.10  # largest tolerated relative rise in held-out perplexity
     perplexity: bool = True
 
@@ -204,6 +208,27 @@ def gate(cand: Scores, base: Scores, cfg: EvalConfig, *, guards=(), available_it
                   guards=checks, max_em_drop=cfg.guard_exact_match_drop, min_es_gain=cfg.min_es_gain)
 
 
+def precision_guard(control: Path | None, cand: Scores, test: list[EvalItem], cfg: EvalConfig, *,
+                    prompt: PromptSettings, repo_name: str, retriever, temperature: float, progress: bool = False):
+    """Does the candidate beat the untrained base at its own quantisation (the paired ES interval's
+    lower bound above `min_es_gain`, EM as the gate reads it)? None without a control."""
+    if control is None:
+        return None
+    from .gate import GuardCheck, decide
+
+    ev = Evaluator(control, cfg, prompt=prompt, repo_name=repo_name, retriever=retriever)
+    try:
+        ctrl = ev.score(test, temperature, progress=progress)
+    finally:
+        ev.close()
+    d = decide(ctrl.per_item, cand.per_item, min_items=1, max_em_drop=cfg.guard_exact_match_drop,
+               min_es_gain=cfg.min_es_gain)
+    return GuardCheck("gain over the base re-quantised like the candidate, untrained", d.promote,
+                      f"edit similarity {ctrl.edit_similarity:.4f} → {cand.edit_similarity:.4f}, gain {d.es_gain:+.4f} "
+                      f"[{d.es_ci[0]:+.4f}, {d.es_ci[1]:+.4f}]; exact match gain {d.em_gain:+.4f} "
+                      f"[{d.em_ci[0]:+.4f}, {d.em_ci[1]:+.4f}]", ctrl.edit_similarity, cand.edit_similarity)
+
+
 def humaneval_guard(candidate: Path, baseline: Path, cfg: EvalConfig, progress: bool = False):
     """The HumanEval single-line infilling guard (distill/humaneval.py), or None when switched off."""
     if cfg.humaneval_tasks <= 0:
@@ -217,8 +242,12 @@ def humaneval_guard(candidate: Path, baseline: Path, cfg: EvalConfig, progress: 
 
 def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: list[EvalItem],
             cfg: EvalConfig = EvalConfig(), *, prompt: PromptSettings = PromptSettings(), repo_name: str = "",
-            baseline_temperature: float = 0.0, progress: bool = True, retriever=None) -> Verdict:
-    """Tune the candidate's T_eval on validation; score both on test; decide."""
+            baseline_temperature: float = 0.0, progress: bool = True, retriever=None,
+            control: Path | None = None) -> Verdict:
+    """Tune the candidate's T_eval on validation; score both on test; decide. `control`: the
+    baseline re-quantised to the candidate's type without training (distill.quantize.precision_control);
+    then the candidate must also beat it, so a gain that is only the export's precision is not
+    credited to training."""
     ev = Evaluator(candidate, cfg, prompt=prompt, repo_name=repo_name, retriever=retriever)
     try:
         t_eval, curve = ev.tune_temperature(validation, progress=progress)
@@ -232,8 +261,10 @@ def compare(candidate: Path, baseline: Path, validation: list[EvalItem], test: l
         base_greedy = base if baseline_temperature == 0.0 else eb.score(test, 0.0, progress=progress)
     finally:
         eb.close()
-    guard = humaneval_guard(candidate, baseline, cfg, progress=progress)
-    decision = gate(cand, base, cfg, guards=[guard] if guard else [], available_items=len(test))
+    guards = [g for g in (precision_guard(control, cand, test, cfg, prompt=prompt, repo_name=repo_name,
+                                          retriever=retriever, temperature=baseline_temperature, progress=progress),
+                          humaneval_guard(candidate, baseline, cfg, progress=progress)) if g is not None]
+    decision = gate(cand, base, cfg, guards=guards, available_items=len(test))
     return Verdict(decision.promote, decision.reasons, asdict(cand), asdict(base), asdict(cand_greedy),
                    asdict(base_greedy), t_eval, {str(k): v for k, v in curve.items()}, baseline_temperature,
                    asdict(cfg), decision.to_json())

@@ -29,8 +29,10 @@ QTYPES: dict[str, str] = {
 }
 
 
-def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: str = "Q8_0") -> Path:
-    """Write `src` quantised to `qtype` (one of QTYPES) at `dst`, atomically. Returns `dst`."""
+def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: str = "Q8_0", *,
+                  allow_requantize: bool = False) -> Path:
+    """Write `src` quantised to `qtype` (one of QTYPES) at `dst`, atomically. Returns `dst`.
+    `allow_requantize`: `src` may itself be quantised (llama.cpp refuses that by default)."""
     import llama_cpp  # serving dependency; imported here so distill imports without it
 
     src_path, dst_path = Path(src), Path(dst)
@@ -40,6 +42,7 @@ def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtyp
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QTYPES[qtype.upper()])
     params.nthread = max(1, os.cpu_count() or 1)
+    params.allow_requantize = allow_requantize
     with atomic_output(dst_path) as tmp:
         rc = llama_cpp.llama_model_quantize(str(src_path).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
@@ -50,3 +53,22 @@ def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtyp
             raise ExportError(f"llama.cpp failed to quantise {src_path} to {qtype} (return code {rc}); "
                               "its log above says why. Check that the source is an f16/f32 GGUF.")
     return dst_path
+
+
+def file_type(path: str | os.PathLike[str]) -> int | None:
+    """The GGUF's `general.file_type` (a llama_ftype), or None when it does not say."""
+    from distill.export import _open_reader
+
+    field = _open_reader(Path(path)).fields.get("general.file_type")
+    return int(field.parts[field.data[0]][0]) if field is not None else None
+
+
+def precision_control(base: str | os.PathLike[str], qtype: str, dst: str | os.PathLike[str]) -> Path | None:
+    """The base re-quantised to the candidates' `qtype` without training, or None when the base
+    already has that type. A candidate is exported at `qtype`, so against a base of another type
+    part of its gain or loss is the quantisation's (SmolLM2 ships as Q4_1; candidates are Q8_0)."""
+    import llama_cpp
+
+    if file_type(base) == getattr(llama_cpp, QTYPES[qtype.upper()]):
+        return None
+    return quantize_gguf(base, dst, qtype, allow_requantize=True)
