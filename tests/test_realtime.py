@@ -230,6 +230,24 @@ def test_typing_does_not_restart_a_long_warm_up_of_the_same_prompt(smollm_gguf) 
         engine.close()
 
 
+def test_a_request_waiting_when_a_newer_one_of_its_document_comes_never_runs_the_model(smollm_gguf) -> None:
+    """A burst of requests for one document while the worker is held: each newer one answers the one
+    waiting before it with None at once, and only the newest runs the model. (Over LSP the same
+    burst also aborts whichever one the worker had already started, after at most a token.)"""
+    engine = Engine(n_ctx=4096, n_threads=2, n_gpu_layers=0, slots=4)
+    try:
+        engine.load(ResolvedModel(smollm_gguf, "smollm", "smollm", "flag"))
+        calls = engine.model_calls
+        with engine._cv:  # the worker cannot take a job until the burst is queued
+            futures = [engine.submit(_job(CODE + "def function_40(value):\n    return" + " x" * i, key="file:///r/a.py"))
+                       for i in range(5)]
+            assert [f.done() and f.result() is None for f in futures[:-1]] == [True] * 4
+        assert futures[-1].result(timeout=120) is not None
+        assert engine.model_calls - calls == 1
+    finally:
+        engine.close()
+
+
 def test_a_request_being_planned_stops_the_running_warm_up_and_none_starts_until_it_is_submitted(smollm_gguf) -> None:
     """Building a request's prompt takes CPU the warm-up's threads would share (2 cores): the
     warm-up stops when the request arrives, not when its job is submitted, and resumes after."""
