@@ -24,7 +24,6 @@ the cycle's report.txt/png beside it).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os

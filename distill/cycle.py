@@ -361,16 +361,17 @@ def _evaluate(run: _Run) -> None:
     if run.cfg.eval.precision_control:
         from .quantize import precision_control
 
-        control = precision_control(run.base_gguf, run.cfg.quantization, run.d / "control-{}.gguf".format(
-            run.cfg.quantization.lower()))
+        control = precision_control(run.base_gguf, run.cfg.quantization, run.path("control-{quantization}.gguf"))
         if control is not None:
             log.info(f"the base, re-quantised to {run.cfg.quantization} without training, is scored too: "
                      "the candidate must beat it, not only the export's precision")
-    verdict = compare(run.candidate, run.base_gguf, val, test, run.cfg.eval, prompt=run.cfg.prompt,
-                      repo_name=run.repo.name, retriever=run.retriever(), baseline_temperature=base_t,
-                      progress=run.progress, control=control)
-    if control is not None:
-        control.unlink(missing_ok=True)
+    try:
+        verdict = compare(run.candidate, run.base_gguf, val, test, run.cfg.eval, prompt=run.cfg.prompt,
+                          repo_name=run.repo.name, retriever=run.retriever(), baseline_temperature=base_t,
+                          progress=run.progress, control=control)
+    finally:
+        if control is not None:  # a copy of the base: never left behind, also when scoring fails
+            control.unlink(missing_ok=True)
     write_report(verdict, run.d)
 
 
