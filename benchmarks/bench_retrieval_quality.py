@@ -70,7 +70,8 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 if "\n" in text.lstrip("\n"):
                     break
             pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
-            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target)})
+            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
+                        "prediction": pred, "target": target})
     finally:
         llm.close()
     return out
@@ -80,11 +81,22 @@ def served_scores(model: Path, items, repo: Path, retriever, n_threads: int) -> 
     from core.completion import PromptSettings
     from distill.evaluate import EvalConfig, Evaluator
 
+    from core.metrics import edit_similarity
+    from distill.evaluate import comparable
+    from tqdm import tqdm
+
     ev = Evaluator(model, EvalConfig(), prompt=PromptSettings(), repo_name=repo.name, retriever=retriever)
+    out = []
     try:
         t0 = time.perf_counter()
-        scores = ev.score(items, 0.0, progress=True)
-        return scores.per_item, time.perf_counter() - t0
+        for item in tqdm(items, desc="served" + ("+retrieval" if retriever else ""), dynamic_ncols=True):
+            res = ev.outcome(item, 0.0)
+            pred, target = comparable(item, res.text)
+            gen = res.generation
+            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
+                        "prediction": pred, "rules": list(res.cleaned.rules),
+                        "stop": gen.stop_reason if gen else None, "raw_text": gen.text if gen else None})
+        return out, time.perf_counter() - t0
     finally:
         ev.close()
 
@@ -154,6 +166,10 @@ def main() -> int:
         "retrieval_plus_served_minus_raw": paired(raw, with_r),
         "per_item_es": [{"id": a["id"], "raw": round(a["edit_similarity"], 4), "served": round(b["edit_similarity"], 4),
                          "served_retrieval": round(c["edit_similarity"], 4)} for a, b, c in zip(raw, served, with_r)],
+        "per_item": [{"id": a["id"], "kind": item.kind, "path": item.path, "target": a["target"],
+                      "raw": a["prediction"], "served": {k: b[k] for k in ("prediction", "rules", "stop", "raw_text")},
+                      "served_retrieval": {k: c[k] for k in ("prediction", "rules", "stop", "raw_text")}}
+                     for item, a, b, c in zip(items, raw, served, with_r)],
         "seconds": {"index_build": round(build_s, 1), "served": round(served_s, 1), "served_retrieval": round(with_s, 1)},
         "note": "first-line exact match / edit similarity, greedy; intervals: paired bootstrap 95 % (points)",
     }

@@ -6,8 +6,9 @@ trained on exactly the token sequence it is served with. A layout is a list of p
 code that contains "<fim_prefix>" cannot inject control tokens).
 
 Stable parts go first so llama.cpp's KV cache (longest common token prefix) survives keystrokes:
-other files' snippets, then the current file before the cursor's line, the suffix, and only then the
-typed part of the current line (after the middle marker, as llama.vim does).
+other files' snippets, then the current file before the cursor's line (and that line's
+indentation), the suffix, and only then the typed part of the current line (after the middle
+marker, as llama.vim does).
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def layout(
 ) -> list[Piece]:
     """The prompt as pieces. The completion the model writes continues the last piece.
 
-    With a FIM format, the typed part of the current line comes after the middle marker (the model
-    writes the rest of the middle from there); without one, the prompt is the prefix alone.
+    With a FIM format, the typed part of the current line after its indentation comes after the
+    middle marker (the model writes the rest of the middle from there); without one, the prompt is
+    the prefix alone.
     """
     pieces: list[Piece] = []
     # Repository context: stable across keystrokes, so it goes first. With nothing after the cursor,
@@ -148,6 +150,11 @@ def layout(
         return [p for p in pieces if p != ""]
 
     head, line = split_current_line(prefix)
+    # The cursor line's indentation stays in the prefix: only typed text goes after the middle
+    # marker. After an indentation-only middle, token healing took the indentation back and
+    # Qwen2.5-Coder wrote more of it until the cap (encode/httpx: 0.64 raw, 0.0 served, on one hole).
+    indent = len(line) - len(line.lstrip(" \t"))
+    head, line = head + line[:indent], line[indent:]
     if fmt.suffix_first:
         pieces += [Special(fmt.suffix), suffix, Special(fmt.prefix), context, prefix]
     else:

@@ -75,12 +75,15 @@ MIN_REPEAT_CHARS = 8  # shorter repeated lines (`}`, `pass`, `break`, `else:`) a
 
 
 def _loop_end(line: str) -> int | None:
-    """Where the first occurrence of a looping unit ends, or None. A unit needs a letter: rulers
-    such as `# ------------` and digit runs are not loops."""
+    """Where the first occurrence of a looping unit ends, or None. A loop runs to the end of the
+    line (at most a part of the unit after it): a repeated unit the line goes on past is code the
+    model finished (`"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"`). A unit needs
+    a letter: rulers such as `# ------------` and digit runs are not loops."""
     pos = 0
     while (m := _LOOP.search(line, pos)) is not None:
-        if any(c.isalpha() for c in m.group(1)):
-            return m.start() + len(m.group(1))
+        unit = m.group(1)
+        if any(c.isalpha() for c in unit) and unit.startswith(line[m.end():].rstrip()):
+            return m.start() + len(unit)
         pos = m.start() + 1
     return None
 

@@ -98,11 +98,15 @@ class Evaluator:
     def _context(self, item: EvalItem) -> ctxmod.Context:
         return self.completion.context(self.position(item))
 
-    def predict(self, item: EvalItem, temperature: float) -> str:
+    def outcome(self, item: EvalItem, temperature: float):
+        """The served path's whole outcome for an item (context, generation, hygiene rules applied)."""
         multiline = False if item.kind == "fim_line" else None  # None: as the served context says
         return self.completion.run(self.engine, self.position(item), key="eval", multiline=multiline,
-                              sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
-                                                seed=seed_for(self.cfg.seed, item.id, 0))).text
+                                   sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
+                                                     seed=seed_for(self.cfg.seed, item.id, 0)))
+
+    def predict(self, item: EvalItem, temperature: float) -> str:
+        return self.outcome(item, temperature).text
 
     def target_nll(self, item: EvalItem) -> tuple[float, int]:
         """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""

@@ -17,10 +17,15 @@ def _prefix_tokens(ctx):
     return render(ctx.pieces)
 
 
-def test_fim_layout_puts_typed_line_after_middle_marker():
+def test_fim_layout_puts_typed_line_after_middle_marker_and_its_indentation_before():
     pieces = layout(STARCODER, "import os\ndef main():\n    pri", "\n    return 0\n")
-    assert pieces == [Special("<fim_prefix>"), "import os\ndef main():\n", Special("<fim_suffix>"),
-                      "\n    return 0\n", Special("<fim_middle>"), "    pri"]
+    assert pieces == [Special("<fim_prefix>"), "import os\ndef main():\n    ", Special("<fim_suffix>"),
+                      "\n    return 0\n", Special("<fim_middle>"), "pri"]
+    # At the indentation the editor put there, the middle starts empty: the prompt ends in the
+    # middle marker (nothing for token healing to take back) and typing keeps all before it.
+    at_indent = layout(STARCODER, "def main():\n\t", "\n    return 0\n")
+    assert at_indent[-1] == Special("<fim_middle>") and at_indent[1] == "def main():\n\t"
+    assert layout(STARCODER, "def main():\n\tx", "\n    return 0\n")[:-1] == at_indent
 
 
 def test_prefix_only_layout_is_the_prefix():

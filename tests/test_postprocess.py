@@ -98,6 +98,11 @@ def test_clean_applies_rules_in_order_and_reports_them():
     ("f(a)\n}\n}", "f(a)\n}\n}"),
     # a loop on one line keeps one unit
     (" n_gpu_layers=100, n_gpu_layers=100, n_gpu_layers=100, n_gpu_", " n_gpu_layers=100,"),
+    (" n_gpu_layers=100, n_gpu_layers=100, n_gpu_layers=100,", " n_gpu_layers=100,"),
+    # a repeated unit the line goes on past is finished code, not a loop (encode/starlette, Qwen2.5-Coder)
+    ('regex = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"',
+     'regex = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"'),
+    ("x = foo.bar(), foo.bar(), foo.bar(), baz", "x = foo.bar(), foo.bar(), foo.bar(), baz"),
     # rulers and digit runs are not loops
     ("# ----------------------------", "# ----------------------------"),
     ("x = 0x00000000000000000000", "x = 0x00000000000000000000"),
