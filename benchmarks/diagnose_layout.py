@@ -16,7 +16,9 @@ Variants (each one change to the served path, no retrieval, greedy):
 - `header-framed-snippets`: with `--retrieval`, a FIM hole's repository snippets in the
   repository-level format (`<repo_name>`, `<file_sep>` and paths before the FIM prompt), as strop
   laid them out until 2026-12-07, instead of at the head of the FIM prefix under path comments;
-- `no-retrieval`: with `--retrieval`, the served path without it.
+- `no-retrieval`: with `--retrieval`, the served path without it;
+- `retrieval-on-top`: with `--retrieval`, the snippets' share added to the prompt's budget rather
+  than taken from the current file's window (2,560 tokens when there are snippets).
 
 `--retrieval` gives the served path the repository index of the split's training side
 (`[prompt] retrieval_k`, as bench_retrieval_quality.py's served+retrieval arm).
@@ -85,6 +87,8 @@ def main() -> int:
                     help=f"default {','.join(VARIANTS)}; with --retrieval {','.join(RETRIEVAL_VARIANTS)}")
     ap.add_argument("--retrieval", action="store_true", help="repository retrieval over the training side")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--raw-from", type=Path, default=None,
+                    help="a bench_retrieval_quality.py result on the same sample: each variant is also paired with its arms")
     args = ap.parse_args()
     args.variants = args.variants or ",".join(RETRIEVAL_VARIANTS if args.retrieval else VARIANTS)
     import core.context as context
@@ -111,19 +115,26 @@ def main() -> int:
         index = offline_index(dest, split.train_files)
         retriever = Retriever(lambda: index, RetrievalSettings())
     ev = Evaluator(args.model, EvalConfig(), prompt=PromptSettings(), repo_name=dest.name, retriever=retriever)
-    limits = ev.completion.limits
+    limits, prompt = ev.completion.limits, ev.completion.prompt
     per_item = {i.id: {"kind": i.kind, "path": i.path, "target": i.target.split("\n", 1)[0]} for i in items}
     summary = {}
     try:
         for name in args.variants.split(","):
-            context.layout = served_layout if name in ("served", "no-heal", "no-retrieval") else variant_layout(name)
+            context.layout = (served_layout if name in ("served", "no-heal", "no-retrieval", "retrieval-on-top")
+                              else variant_layout(name))
             ev.completion.limits = replace(limits, heal=limits.heal and name != "no-heal")
             ev.completion.retriever = None if name == "no-retrieval" else retriever
+            # retrieval-on-top: the snippets' quarter is added to the prompt instead of taken from
+            # the file's own window (2,560 tokens with snippets: 512 for them, 1,536 + 512 local).
+            ev.completion.prompt = (replace(prompt, budget_tokens=prompt.budget_tokens * 5 // 4, extra_share=0.2)
+                                    if name == "retrieval-on-top" else prompt)
             t0, total = time.perf_counter(), 0.0
             for item in items:
                 pred, target = comparable(item, ev.predict(item, 0.0))
                 es = edit_similarity(pred, target)
                 per_item[item.id][name] = {"es": round(es, 4), "prediction": pred}
+                if ev.completion.retriever is not None:
+                    per_item[item.id][name]["snippets"] = [sn.path for sn in ev._context(item).snippets]
                 total += es
             summary[name] = {"edit_similarity": round(total / max(1, len(items)), 4),
                              "seconds": round(time.perf_counter() - t0, 1)}
@@ -131,6 +142,27 @@ def main() -> int:
     finally:
         context.layout = served_layout
         ev.close()
+    paired_95 = {}
+    if args.raw_from is not None:
+        from distill.gate import decide
+
+        bench = {r["id"]: r for r in json.loads(args.raw_from.read_text())["per_item_es"]}
+        ids = [i.id for i in items if i.id in bench]
+        ours = list(summary)
+        theirs = ("raw", "served", "served_retrieval")
+        arms = ({f"bench:{a}": [bench[i][a] for i in ids] for a in theirs}
+                | {v: [per_item[i][v]["es"] for i in ids] for v in ours})
+        for a in theirs:
+            summary[f"bench:{a}"] = {"edit_similarity": round(sum(arms[f"bench:{a}"]) / max(1, len(ids)), 4), "n": len(ids)}
+        for v in ours:
+            for base in [f"bench:{a}" for a in theirs] + ours[:1]:
+                if v == base:
+                    continue
+                d = decide([{"id": i, "edit_similarity": b, "exact_match": 0.0} for i, b in zip(ids, arms[base])],
+                           [{"id": i, "edit_similarity": c, "exact_match": 0.0} for i, c in zip(ids, arms[v])], min_items=1)
+                paired_95[f"{v}_minus_{base}"] = {"es_gain_points": round(100 * d.es_gain, 2),
+                                                  "es_ci_points": [round(100 * x, 2) for x in d.es_ci]}
+        print(json.dumps(paired_95, indent=1))
     out = args.out or (ROOT / "benchmarks" / "results" / f"served-layout-diagnosis-{dest.name}-{args.model.stem}"
                        f"{'-retrieval' if args.retrieval else ''}.json")
     out.write_text(json.dumps({
@@ -138,7 +170,7 @@ def main() -> int:
         "model": args.model.name, "repo": f"{repo_name_of(args.repo)}@{args.rev}",
         "sample": {"items": args.items, "seed": args.seed, "kinds": args.kinds, "n": len(items)},
         "retrieval": args.retrieval,
-        "summary": summary, "per_item": per_item}, indent=1) + "\n")
+        "summary": summary, "paired_95": paired_95, "per_item": per_item}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

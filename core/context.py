@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .fim import FimFormat, Piece, Snippet, layout
-from .postprocess import BLOCK_OPENER_ENDINGS
+from .postprocess import BLOCK_OPENER_ENDINGS, bracket_depth
 
 CountTokens = Callable[[str], int]
 
@@ -104,8 +104,22 @@ def _snippet(doc: OtherDocument, budget: int, chunk: int, count: CountTokens) ->
             break
         picked.append(line)
         used += cost
-    text = "".join(picked).rstrip("\n")
+    text = "".join(balanced_lines(picked)).rstrip("\n")
     return Snippet(doc.path, text) if text.strip() else None
+
+
+def balanced_lines(lines: Sequence[str]) -> Sequence[str]:
+    """The lines up to the last one after which no bracket they opened is still open (all of them
+    when there is none). A snippet cut inside a call or a literal reads to the model as if the file
+    after it were still in there: with a chunk of encode/httpx ending mid-call, Qwen2.5-Coder
+    answered a hole in another file with `)`."""
+    depth = 0
+    last = 0
+    for i, line in enumerate(lines, start=1):
+        depth = max(0, depth + bracket_depth(line))
+        if depth == 0:
+            last = i
+    return lines[:last] if last else lines
 
 
 def wants_multiline(line_head: str, line_tail: str) -> bool:

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import PurePosixPath
 
 from core.fim import Snippet
+from core.languages import language_of
 from core.retrieval import RepoIndex
 
 
@@ -23,6 +26,7 @@ class RetrievalSettings:
     k: int = 3  # chunks in a prompt (0: no retrieval)
     query_lines: int = 24  # lines above the block that form the query
     block_lines: int = 16  # the query changes only when the cursor crosses into another block
+    same_language: bool = True  # only chunks of files in the cursor file's language (or with its suffix)
 
 
 class Retriever:
@@ -53,13 +57,29 @@ class Retriever:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        chunks = index.query(query, s.k, exclude_path=path)  # the file itself is the prompt's local part
+        # The file itself is the prompt's local part. Another language's chunks were noise: Python
+        # code retrieved for a hole in pyproject.toml turned `httpx = "httpx"` into a TOML section
+        # header (encode/httpx, Qwen2.5-Coder-0.5B).
+        chunks = index.query(query, s.k, exclude_path=path,
+                             keep_path=_same_kind_as(path) if s.same_language else None)
         snippets = tuple(Snippet(c.path, c.text.rstrip("\n"))
                          for c in sorted(chunks, key=lambda c: (c.path, c.start_line)))  # by place: a stable head
         self._cache[key] = snippets
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return snippets
+
+
+@lru_cache(maxsize=4096)
+def _kind(path: str) -> str:
+    """A file's language id, or its suffix (its name without one) when strop does not know it."""
+    pure = PurePosixPath(path)
+    return language_of(path) or pure.suffix.lower() or pure.name
+
+
+def _same_kind_as(path: str) -> Callable[[str], bool]:
+    kind = _kind(path)
+    return lambda other: _kind(other) == kind
 
 
 def _line_start(text: str, line: int) -> int:

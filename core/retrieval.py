@@ -302,10 +302,12 @@ class RepoIndex:
     # --- querying -------------------------------------------------------------------------------
 
     def query(self, text: str, k: int = 4, *, exclude_path: str | None = None,
-              exclude_span: tuple[str, int, int] | None = None) -> list[Chunk]:
+              exclude_span: tuple[str, int, int] | None = None,
+              keep_path: Callable[[str], bool] | None = None) -> list[Chunk]:
         """The k best chunks for `text`, best first; no two overlap. `exclude_path` drops a whole
         file; `exclude_span=(path, start, end)` drops that file's chunks overlapping lines
-        [start, end) (the text around the cursor, already in the prompt)."""
+        [start, end) (the text around the cursor, already in the prompt); `keep_path`: only files
+        it accepts."""
         snap = self._snap
         tokens = list(dict.fromkeys(code_tokens(text)))
         if snap.bm25 is None or not tokens or k <= 0:
@@ -313,6 +315,10 @@ class RepoIndex:
         scores = snap.bm25.get_scores(tokens)
         if exclude_path is not None and exclude_path in snap.chunk_ids_by_path:
             scores[snap.chunk_ids_by_path[exclude_path]] = 0.0
+        if keep_path is not None:
+            for path, ids in snap.chunk_ids_by_path.items():
+                if not keep_path(path):
+                    scores[ids] = 0.0
         if exclude_span is not None and exclude_span[0] in snap.chunk_ids_by_path:
             span_path, lo, hi = exclude_span
             for i in snap.chunk_ids_by_path[span_path]:

@@ -43,11 +43,12 @@ async def test_fim_completion_uses_the_suffix(served):
     assert row["suffix"].startswith("\n    print(data)")
     assert row["prefix"].endswith("    data = ")
     assert row["n_prompt_tokens"] > 10
-    # the prompt layout the engine used: typed part of the line after the middle marker
+    # the prompt layout the engine used: typed part of the line after the middle marker, its
+    # indentation before the suffix marker
     from core.context import build
     from core.fim import KNOWN_FORMATS
 
     fmt = next(f for f in KNOWN_FORMATS if f.name == "starcoder")
     ctx = build(SOURCE, SOURCE.index("    data = ") + len("    data = "), fmt=fmt, count=len)
-    assert render(ctx.pieces).endswith("<fim_middle>    data = ")
+    assert render(ctx.pieces).endswith("\n    <fim_suffix>\n    print(data)\n<fim_middle>data = ")
     assert (await status(client))["modelCalls"] >= 1

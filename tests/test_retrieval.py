@@ -14,8 +14,7 @@ from core.code_tokens import code_tokens
 from core.retrieval import Chunk, RepoIndex, pack, query_around
 from server.index_service import IndexService
 
-HTTPX = "/work/.mirror/encode+httpx/repo"
-COMMIT = "ae1b9f66"
+HTTPX_FILES = Path(__file__).parent / "fixtures" / "httpx_ae1b9f66"  # encode/httpx@ae1b9f66 (SOURCE.md there)
 FILES = ["httpx/_status_codes.py", "httpx/_auth.py", "httpx/_exceptions.py", "httpx/_utils.py",
          "httpx/_urlparse.py", "docs/quickstart.md"]
 AWS_ID = "AKIA" + "Q7X3T5LZ2M4N6P8R"  # built at runtime: no literal for secret scanners
@@ -34,16 +33,12 @@ def commit_all(root: Path, message: str) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    if not Path(HTTPX).exists():
-        pytest.skip(f"the httpx mirror {HTTPX} is not on this machine")
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q")
     for path in FILES:
-        data = subprocess.run(["git", f"--git-dir={HTTPX}", "show", f"{COMMIT}:{path}"],
-                              check=True, capture_output=True).stdout
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_bytes(data)
+        (root / path).write_bytes((HTTPX_FILES / path).read_bytes())
     (root / ".env").write_text(f"API_TOKEN={ENV_TOKEN}\nenv_only_marker_name = 1\n")
     (root / "httpx" / "_settings.py").write_text(
         "# deployment settings\n"
@@ -96,6 +91,26 @@ def test_results_do_not_overlap_and_exclusions_hold(repo: Path):
     around = query_around(index, "httpx/_status_codes.py", text, line, k=4, lines_before=3)
     assert around and all(c.path != "httpx/_status_codes.py" or c.end_line <= line - 3 or c.start_line > line
                           for c in around)
+
+
+def test_the_retriever_gives_whole_chunks_of_files_in_the_cursor_files_language(repo: Path):
+    """A hole in a Markdown file gets Markdown, a hole in Python gets Python; a snippet never ends
+    inside a bracket it opened (the model would read the file after it as still in there)."""
+    from core.context import OtherDocument, _snippet
+    from core.repo_context import RetrievalSettings, Retriever
+
+    index = RepoIndex.build(repo)
+    query = "auth = httpx.DigestAuth('user', 'pass')\nclient = httpx.Client(auth=BasicAuth('user', 'pass'))\n"
+    assert {c.path for c in index.query(query, 6)} >= {"docs/quickstart.md", "httpx/_auth.py"}  # both match
+    assert "httpx/_auth.py" in {s.path for s in Retriever(lambda: index)("httpx/_new.py", query, len(query))}
+    assert all(s.path.endswith(".py") for s in Retriever(lambda: index)("httpx/_new.py", query, len(query)))
+    assert {s.path for s in Retriever(lambda: index)("docs/guide.md", query, len(query))} == {"docs/quickstart.md"}
+    mixed = Retriever(lambda: index, RetrievalSettings(same_language=False))("httpx/_new.py", query, len(query))
+    assert {s.path for s in mixed} >= {"docs/quickstart.md", "httpx/_auth.py"}
+    # A chunk cut by the budget inside a call is cut back to where its brackets are closed.
+    doc = OtherDocument("a.py", "x = 1\nresult = compute(\n    first,\n    second,\n)\ny = 2\n", 0)
+    assert _snippet(doc, 8, 32, lambda t: len(t.split())).text == "x = 1"
+    assert _snippet(doc, 100, 32, lambda t: len(t.split())).text == doc.text.rstrip("\n")
 
 
 def test_update_and_remove_change_results(repo: Path):
