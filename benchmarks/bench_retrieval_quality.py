@@ -81,22 +81,11 @@ def served_scores(model: Path, items, repo: Path, retriever, n_threads: int) -> 
     from core.completion import PromptSettings
     from distill.evaluate import EvalConfig, Evaluator
 
-    from core.metrics import edit_similarity
-    from distill.evaluate import comparable
-    from tqdm import tqdm
-
     ev = Evaluator(model, EvalConfig(), prompt=PromptSettings(), repo_name=repo.name, retriever=retriever)
-    out = []
     try:
         t0 = time.perf_counter()
-        for item in tqdm(items, desc="served" + ("+retrieval" if retriever else ""), dynamic_ncols=True):
-            res = ev.outcome(item, 0.0)
-            pred, target = comparable(item, res.text)
-            gen = res.generation
-            out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
-                        "prediction": pred, "rules": list(res.cleaned.rules),
-                        "stop": gen.stop_reason if gen else None, "raw_text": gen.text if gen else None})
-        return out, time.perf_counter() - t0
+        scores = ev.score(items, 0.0, progress=True, details=True)
+        return scores.per_item, time.perf_counter() - t0
     finally:
         ev.close()
 

@@ -130,11 +130,12 @@ def main() -> int:
                                     if name == "retrieval-on-top" else prompt)
             t0, total = time.perf_counter(), 0.0
             for item in items:
-                pred, target = comparable(item, ev.predict(item, 0.0))
+                res = ev.outcome(item, 0.0)
+                pred, target = comparable(item, res.text)
                 es = edit_similarity(pred, target)
                 per_item[item.id][name] = {"es": round(es, 4), "prediction": pred}
                 if ev.completion.retriever is not None:
-                    per_item[item.id][name]["snippets"] = [sn.path for sn in ev._context(item).snippets]
+                    per_item[item.id][name]["snippets"] = [sn.path for sn in res.context.snippets]
                 total += es
             summary[name] = {"edit_similarity": round(total / max(1, len(items)), 4),
                              "seconds": round(time.perf_counter() - t0, 1)}
@@ -144,7 +145,7 @@ def main() -> int:
         ev.close()
     paired_95 = {}
     if args.raw_from is not None:
-        from distill.gate import decide
+        from benchmarks.bench_retrieval_quality import paired
 
         bench = {r["id"]: r for r in json.loads(args.raw_from.read_text())["per_item_es"]}
         ids = [i.id for i in items if i.id in bench]
@@ -158,10 +159,9 @@ def main() -> int:
             for base in [f"bench:{a}" for a in theirs] + ours[:1]:
                 if v == base:
                     continue
-                d = decide([{"id": i, "edit_similarity": b, "exact_match": 0.0} for i, b in zip(ids, arms[base])],
-                           [{"id": i, "edit_similarity": c, "exact_match": 0.0} for i, c in zip(ids, arms[v])], min_items=1)
-                paired_95[f"{v}_minus_{base}"] = {"es_gain_points": round(100 * d.es_gain, 2),
-                                                  "es_ci_points": [round(100 * x, 2) for x in d.es_ci]}
+                d = paired([{"id": i, "edit_similarity": b, "exact_match": 0.0} for i, b in zip(ids, arms[base])],
+                           [{"id": i, "edit_similarity": c, "exact_match": 0.0} for i, c in zip(ids, arms[v])])
+                paired_95[f"{v}_minus_{base}"] = {k: d[k] for k in ("es_gain_points", "es_ci_points")}
         print(json.dumps(paired_95, indent=1))
     out = args.out or (ROOT / "benchmarks" / "results" / f"served-layout-diagnosis-{dest.name}-{args.model.stem}"
                        f"{'-retrieval' if args.retrieval else ''}.json")

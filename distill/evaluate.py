@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import context as ctxmod
-from core.completion import CompletionPath, PromptSettings, position_of
+from core.completion import CompletionPath, Outcome, PromptSettings, position_of
 from core.decode import InProcessEngine, Sampling
 from core.llama_model import tokenize_pieces
 from core.metrics import edit_similarity
@@ -98,7 +98,7 @@ class Evaluator:
     def _context(self, item: EvalItem) -> ctxmod.Context:
         return self.completion.context(self.position(item))
 
-    def outcome(self, item: EvalItem, temperature: float):
+    def outcome(self, item: EvalItem, temperature: float) -> Outcome:
         """The served path's whole outcome for an item (context, generation, hygiene rules applied)."""
         multiline = False if item.kind == "fim_line" else None  # None: as the served context says
         return self.completion.run(self.engine, self.position(item), key="eval", multiline=multiline,
@@ -134,7 +134,9 @@ class Evaluator:
         return nll, len(target)
 
     def score(self, items: list[EvalItem], temperature: float, *, perplexity: bool = False,
-              progress: bool = False) -> Scores:
+              progress: bool = False, details: bool = False) -> Scores:
+        """`details`: each per-item row also holds the prediction, the hygiene rules applied, the
+        generation's stop reason and its text before hygiene (for diagnosis)."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
@@ -144,11 +146,17 @@ class Evaluator:
         per_item = []
         for item in tqdm(items, desc=f"eval {self.path.name} T={temperature}", disable=not progress,
                          dynamic_ncols=True):
-            pred, target = comparable(item, self.predict(item, temperature))
+            res = self.outcome(item, temperature)
+            pred, target = comparable(item, res.text)
             hit, sim = float(pred == target), edit_similarity(pred, target)
             em += hit
             es += sim
-            per_item.append({"id": item.id, "exact_match": hit, "edit_similarity": sim})
+            row = {"id": item.id, "exact_match": hit, "edit_similarity": sim}
+            if details:
+                gen = res.generation
+                row |= {"prediction": pred, "rules": list(res.cleaned.rules),
+                        "stop": gen.stop_reason if gen else None, "raw_text": gen.text if gen else None}
+            per_item.append(row)
             k = kinds.setdefault(item.kind, [0, 0.0, 0.0])
             k[0] += 1
             k[1] += hit
