@@ -10,12 +10,16 @@ a prompt; `--items` of its held-out items are drawn with `--seed`. Each position
 ways under greedy decoding, exact match and edit similarity of the first line:
 
 - `raw`: llama-cpp-python on a plain prompt of at most 1,500 prefix + 500 suffix tokens (FIM
-  models) or 2,000 prefix tokens (prefix-only models), no hygiene, one line;
+  models) or 2,000 prefix tokens (prefix-only models), no hygiene, one line; also scored as
+  `raw_first_nonblank`, the first line after any leading line breaks (a stronger baseline: a
+  prefix-only model often starts a next line with a line break, and the first line is then empty);
 - `served`: the one completion path (`core.completion.CompletionPath`, what `strop serve` runs) with
   default settings but no repository retrieval;
 - `served+retrieval`: the same with the repository index (`[prompt] retrieval_k`).
 
 Paired 95 % bootstrap intervals (distill/gate.py) for served − raw and retrieval − served.
+`--reuse RESULT --arms raw` reruns only the named arms and takes the others' per-item rows from an
+earlier result on the same sample.
 Results: benchmarks/results/retrieval-quality-<repository>-<model>.json.
 """
 
@@ -70,8 +74,14 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 if "\n" in text.lstrip("\n"):
                     break
             pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
+            # The generous reading: a leading line break skipped, as an integrator might (SmolLM2
+            # often starts a next line with one, and its first line is then empty).
+            kept = text.lstrip("\n")
+            lenient, _ = comparable(item, kept.split("\n", 1)[0] if item.kind != "fim_block" else kept)
             out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
-                        "prediction": pred, "target": target})
+                        "prediction": pred, "target": target, "raw_text": text,
+                        "first_nonblank": {"id": item.id, "exact_match": float(lenient == target),
+                                           "edit_similarity": edit_similarity(lenient, target), "prediction": lenient}})
     finally:
         llm.close()
     return out
@@ -88,6 +98,25 @@ def served_scores(model: Path, items, repo: Path, retriever, n_threads: int) -> 
         return scores.per_item, time.perf_counter() - t0
     finally:
         ev.close()
+
+
+def reused_rows(path: Path, items) -> dict[str, list[dict]]:
+    """Per-item rows of each arm of an earlier result, in `items`' order (the same sample)."""
+    doc = json.loads(path.read_text())
+    es = {r["id"]: r for r in doc["per_item_es"]}
+    detail = {r["id"]: r for r in doc["per_item"]}
+    if [i.id for i in items] != [r["id"] for r in doc["per_item_es"]]:
+        raise SystemExit(f"{path} holds another sample than --items/--seed give here")
+    out: dict[str, list[dict]] = {}
+    for arm in ("raw", "served", "served_retrieval"):
+        rows = []
+        for item in items:
+            d = detail[item.id]
+            row = d[arm] if isinstance(d[arm], dict) else {"prediction": d[arm]}
+            rows.append({"id": item.id, "edit_similarity": es[item.id][arm],
+                         "exact_match": float(row["prediction"] == d["target"]), "target": d["target"], **row})
+        out[arm] = rows
+    return out
 
 
 def summary(rows: list[dict]) -> dict:
@@ -113,6 +142,8 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="picks the held-out items (default %(default)s)")
+    ap.add_argument("--arms", default="raw,served,served_retrieval", help="arms to run (the rest come from --reuse)")
+    ap.add_argument("--reuse", type=Path, default=None, help="an earlier result on the same --items/--seed")
     ap.add_argument("--out", type=Path, default=None,
                     help="the JSON results (default benchmarks/results/retrieval-quality-<repository>-<model>.json)")
     args = ap.parse_args()
@@ -138,11 +169,26 @@ def main() -> int:
     retriever = Retriever(lambda: index, RetrievalSettings())
     print(f"{len(items)} held-out items; index {index.stats()} built in {build_s:.1f} s", flush=True)
 
-    raw = raw_scores(model, items, args.threads)
-    print("raw", summary(raw), flush=True)
-    served, served_s = served_scores(model, items, dest, None, args.threads)
+    arms = set(args.arms.split(","))
+    earlier = reused_rows(args.reuse, items) if args.reuse is not None else {}
+    if arms != {"raw", "served", "served_retrieval"} and not earlier:
+        ap.error("--arms without all three needs --reuse")
+    if "raw" in arms:
+        raw = raw_scores(model, items, args.threads)
+    else:
+        raw = earlier["raw"]
+    raw_nb = [r.get("first_nonblank", r) for r in raw]
+    print("raw", summary(raw), "first non-blank line", summary(raw_nb), flush=True)
+    served_s = with_s = None
+    if "served" in arms:
+        served, served_s = served_scores(model, items, dest, None, args.threads)
+    else:
+        served = earlier["served"]
     print("served", summary(served), flush=True)
-    with_r, with_s = served_scores(model, items, dest, retriever, args.threads)
+    if "served_retrieval" in arms:
+        with_r, with_s = served_scores(model, items, dest, retriever, args.threads)
+    else:
+        with_r = earlier["served_retrieval"]
     print("served+retrieval", summary(with_r), flush=True)
     result = {
         "model": model.name, "repo": f"{args.repo.parent.name.replace('+', '/')}@{args.rev}",
@@ -151,15 +197,22 @@ def main() -> int:
                   "files": len({i.path for i in items})},
         "machine": {"cpus": 2, "python": platform.python_version()},
         "raw": summary(raw), "served": summary(served), "served_retrieval": summary(with_r),
+        "raw_first_nonblank": summary(raw_nb),
         "served_minus_raw": paired(raw, served), "retrieval_minus_served": paired(served, with_r),
         "retrieval_plus_served_minus_raw": paired(raw, with_r),
-        "per_item_es": [{"id": a["id"], "raw": round(a["edit_similarity"], 4), "served": round(b["edit_similarity"], 4),
-                         "served_retrieval": round(c["edit_similarity"], 4)} for a, b, c in zip(raw, served, with_r)],
+        "served_minus_raw_first_nonblank": paired(raw_nb, served),
+        "retrieval_plus_served_minus_raw_first_nonblank": paired(raw_nb, with_r),
+        "per_item_es": [{"id": a["id"], "raw": round(a["edit_similarity"], 4), "raw_first_nonblank": round(n["edit_similarity"], 4),
+                         "served": round(b["edit_similarity"], 4), "served_retrieval": round(c["edit_similarity"], 4)}
+                        for a, n, b, c in zip(raw, raw_nb, served, with_r)],
         "per_item": [{"id": a["id"], "kind": item.kind, "path": item.path, "target": a["target"],
-                      "raw": a["prediction"], "served": {k: b[k] for k in ("prediction", "rules", "stop", "raw_text")},
-                      "served_retrieval": {k: c[k] for k in ("prediction", "rules", "stop", "raw_text")}}
-                     for item, a, b, c in zip(items, raw, served, with_r)],
-        "seconds": {"index_build": round(build_s, 1), "served": round(served_s, 1), "served_retrieval": round(with_s, 1)},
+                      "raw": a["prediction"], "raw_first_nonblank": n["prediction"], "raw_text": a.get("raw_text"),
+                      "served": {k: b.get(k) for k in ("prediction", "rules", "stop", "raw_text")},
+                      "served_retrieval": {k: c.get(k) for k in ("prediction", "rules", "stop", "raw_text")}}
+                     for item, a, n, b, c in zip(items, raw, raw_nb, served, with_r)],
+        "seconds": {"index_build": round(build_s, 1), "served": served_s and round(served_s, 1),
+                    "served_retrieval": with_s and round(with_s, 1)},
+        "arms_run": sorted(arms), "reused_from": str(args.reuse) if args.reuse else None,
         "note": "first-line exact match / edit similarity, greedy; intervals: paired bootstrap 95 % (points)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

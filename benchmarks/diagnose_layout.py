@@ -18,7 +18,9 @@ Variants (each one change to the served path, no retrieval, greedy):
   laid them out until 2026-12-07, instead of at the head of the FIM prefix under path comments;
 - `no-retrieval`: with `--retrieval`, the served path without it;
 - `retrieval-on-top`: with `--retrieval`, the snippets' share added to the prompt's budget rather
-  than taken from the current file's window (2,560 tokens when there are snippets).
+  than taken from the current file's window (2,560 tokens when there are snippets);
+- `query-near`: with `--retrieval`, the query is the lines just above the cursor's line (a new query
+  on every line) instead of those above its 16-line block.
 
 `--retrieval` gives the served path the repository index of the split's training side
 (`[prompt] retrieval_k`, as bench_retrieval_quality.py's served+retrieval arm).
@@ -44,6 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("served", "with-header", "no-header", "line-head-in-prefix", "no-heal")
 RETRIEVAL_VARIANTS = ("no-retrieval", "served", "header-framed-snippets")
+RETRIEVER_VARIANTS = {  # name -> RetrievalSettings fields changed from the defaults
+    "query-near": {"block_lines": 1},
+}
 
 
 def variant_layout(name: str):
@@ -120,10 +125,13 @@ def main() -> int:
     summary = {}
     try:
         for name in args.variants.split(","):
-            context.layout = (served_layout if name in ("served", "no-heal", "no-retrieval", "retrieval-on-top")
+            context.layout = (served_layout if name in ("served", "no-heal", "no-retrieval", "retrieval-on-top",
+                                                        *RETRIEVER_VARIANTS)
                               else variant_layout(name))
             ev.completion.limits = replace(limits, heal=limits.heal and name != "no-heal")
             ev.completion.retriever = None if name == "no-retrieval" else retriever
+            if retriever is not None and name in RETRIEVER_VARIANTS:
+                ev.completion.retriever = Retriever(retriever.index, replace(RetrievalSettings(), **RETRIEVER_VARIANTS[name]))
             # retrieval-on-top: the snippets' quarter is added to the prompt instead of taken from
             # the file's own window (2,560 tokens with snippets: 512 for them, 1,536 + 512 local).
             ev.completion.prompt = (replace(prompt, budget_tokens=prompt.budget_tokens * 5 // 4, extra_share=0.2)
