@@ -115,6 +115,10 @@ def reused_rows(path: Path, items) -> dict[str, list[dict]]:
             row = d[arm] if isinstance(d[arm], dict) else {"prediction": d[arm]}
             rows.append({"id": item.id, "edit_similarity": es[item.id][arm],
                          "exact_match": float(row["prediction"] == d["target"]), "target": d["target"], **row})
+            if arm == "raw" and "raw_first_nonblank" in es[item.id]:
+                rows[-1]["first_nonblank"] = {"id": item.id, "edit_similarity": es[item.id]["raw_first_nonblank"],
+                                              "exact_match": float(d["raw_first_nonblank"] == d["target"]),
+                                              "prediction": d["raw_first_nonblank"]}
         out[arm] = rows
     return out
 
