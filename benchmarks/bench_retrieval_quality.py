@@ -73,11 +73,10 @@ def raw_scores(model: Path, items, n_threads: int) -> list[dict]:
                 text += llm.detokenize([tok]).decode("utf-8", "ignore")
                 if "\n" in text.lstrip("\n"):
                     break
-            pred, target = comparable(item, text.split("\n", 1)[0] if item.kind != "fim_block" else text)
+            pred, target = comparable(item, text)
             # The generous reading: a leading line break skipped, as an integrator might (SmolLM2
             # often starts a next line with one, and its first line is then empty).
-            kept = text.lstrip("\n")
-            lenient, _ = comparable(item, kept.split("\n", 1)[0] if item.kind != "fim_block" else kept)
+            lenient, _ = comparable(item, text.lstrip("\n"))
             out.append({"id": item.id, "exact_match": float(pred == target), "edit_similarity": edit_similarity(pred, target),
                         "prediction": pred, "target": target, "raw_text": text,
                         "first_nonblank": {"id": item.id, "exact_match": float(lenient == target),

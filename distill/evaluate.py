@@ -105,9 +105,6 @@ class Evaluator:
                                    sampling=Sampling(temperature, self.cfg.top_k, self.cfg.top_p,
                                                      seed=seed_for(self.cfg.seed, item.id, 0)))
 
-    def predict(self, item: EvalItem, temperature: float) -> str:
-        return self.outcome(item, temperature).text
-
     def target_nll(self, item: EvalItem) -> tuple[float, int]:
         """Summed negative log-likelihood of the target tokens after the served prompt, and their count."""
         import llama_cpp
